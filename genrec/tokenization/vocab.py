@@ -1,0 +1,93 @@
+"""Code tokens in an HF tokenizer and model.
+
+The catalog's code tokens (``<a_0>`` ... ) become ordinary added tokens, so
+``"<a_12><b_7>"`` tokenizes to exactly two ids and decodes back to the same
+text. New embedding rows start where they mean something:
+
+* ``init="text"`` (default): the row of code ``c`` at level ``l`` leans toward the
+  mean input embedding of the text tokens of the items whose ID has ``c`` at
+  ``l`` (likewise for the rows of an untied output head), so the model starts out
+  reading ``<a_12>`` roughly as "the things these items are about";
+* ``init="mean"``: the mean of the existing rows plus small per-dimension noise.
+
+Either way each new row is then scaled to the average norm of the existing rows:
+averages of many rows are short vectors, and rows much shorter (or longer) than
+the rest give early logits and gradients an odd scale.
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import AddedToken
+
+from genrec.tokenization.catalog import Catalog
+
+
+def add_semantic_id_tokens(tokenizer, catalog: Catalog) -> list[int]:
+    """Add the catalog's code tokens to ``tokenizer`` (idempotent). Returns their ids in order."""
+    tokens = catalog.code_tokens()
+    vocab = tokenizer.get_vocab()
+    new = [AddedToken(t, single_word=False, lstrip=False, rstrip=False, normalized=False, special=False)
+           for t in tokens if t not in vocab]
+    if new:
+        tokenizer.add_tokens(new)
+    return tokenizer.convert_tokens_to_ids(tokens)
+
+
+@torch.no_grad()
+def resize_model_for_catalog(model, tokenizer, catalog: Catalog, init: str = "text",
+                             max_text_tokens: int = 32, seed: int = 0) -> list[int]:
+    """Add the code tokens to ``tokenizer`` and grow ``model``'s embeddings to match.
+
+    Returns the ids of the code tokens (the rows that training must update).
+    """
+    if init not in ("text", "mean"):
+        raise ValueError(f"unknown embedding init {init!r}; use 'text' or 'mean'")
+    token_ids = add_semantic_id_tokens(tokenizer, catalog)
+    old_rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) <= old_rows:
+        return token_ids
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    new_ids = torch.tensor([t for t in token_ids if t >= old_rows])
+    gen = torch.Generator().manual_seed(seed)
+    emb_in = model.get_input_embeddings().weight
+    out = model.get_output_embeddings()
+    tied = out is None or out.weight.data_ptr() == emb_in.data_ptr()
+    weights = [emb_in] if tied else [emb_in, out.weight]
+    for w in weights:
+        old = w[:old_rows].float()
+        rows = old.mean(0) + 0.1 * old.std(0) * torch.randn(len(new_ids), old.shape[1], generator=gen)
+        if init == "text" and any(catalog.texts):
+            text_rows = _code_text_means(w, tokenizer, catalog, max_text_tokens, old_rows, new_ids)
+            has = text_rows.norm(dim=1) > 0
+            rows[has] = 0.5 * rows[has] + 0.5 * text_rows[has]
+        target = old.norm(dim=1).mean()
+        rows = rows / rows.norm(dim=1, keepdim=True).clamp(min=1e-12) * target
+        w[new_ids] = rows.to(w.dtype)
+    return token_ids
+
+
+def _code_text_means(weight: torch.Tensor, tokenizer, catalog: Catalog, max_text_tokens: int,
+                     old_rows: int, new_ids: torch.Tensor) -> torch.Tensor:
+    """Per new code token: mean over its items of the mean row of the item's text tokens."""
+    texts = [t or title for t, title in zip(catalog.texts, catalog.titles)]
+    enc = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_text_tokens)["input_ids"]
+    item_vec = torch.zeros(len(catalog), weight.shape[1])
+    has_text = torch.zeros(len(catalog), dtype=torch.bool)
+    for i, ids in enumerate(enc):
+        ids = [t for t in ids if t < old_rows]
+        if ids:
+            item_vec[i] = weight[torch.tensor(ids)].float().mean(0)
+            has_text[i] = True
+    position = torch.full((weight.shape[0],), -1, dtype=torch.long)
+    position[new_ids] = torch.arange(len(new_ids))
+    sums = torch.zeros(len(new_ids), weight.shape[1])
+    counts = torch.zeros(len(new_ids))
+    tok_table = torch.as_tensor(catalog.token_ids(tokenizer))[has_text]
+    vecs = item_vec[has_text]
+    for level in range(catalog.depth):
+        k = position[tok_table[:, level]]
+        ok = k >= 0
+        sums.index_add_(0, k[ok], vecs[ok])
+        counts.index_add_(0, k[ok], torch.ones(int(ok.sum())))
+    return sums / counts.clamp(min=1).unsqueeze(1)
