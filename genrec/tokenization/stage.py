@@ -1,0 +1,108 @@
+"""The `genrec tokenize` stage: prepared data -> item vectors -> unique semantic IDs -> catalog.
+
+Writes ``RUN/tokenize/``:
+
+* ``catalog.parquet`` / ``catalog.json``: the catalog (see :mod:`genrec.tokenization.catalog`);
+* ``sid_tokenizer/``: the fitted quantizer, so new items get IDs without refitting;
+* ``item_vectors.npy``: the vectors that were quantized (for inspection and new-item checks);
+* ``report.json`` and ``code_usage.png``: collision rate, codebook usage, reconstruction error.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from genrec.config import GenrecConfig
+from genrec.data import PreparedDataset
+from genrec.errors import GenrecError
+from genrec.runs import RunFolder
+from genrec.tokenization.catalog import Catalog
+from genrec.tokenization.embeddings import (collaborative_embeddings, combine, item_texts,
+                                            text_embeddings)
+from genrec.tokenization.semantic_ids import SemanticIdTokenizer, plot_code_usage
+
+EMBEDDING_SOURCES = ("text", "collab", "both")
+TITLE_CHARS = 80
+
+
+def display_titles(dataset: PreparedDataset, texts: list[str]) -> list[str]:
+    """Short display text per item: its title field, else the start of its text."""
+    items = dataset.items
+    if "title" in items.columns:
+        raw = items["title"].fillna("").astype(str).tolist()
+    else:
+        raw = [""] * len(items)
+    out = []
+    for title, text, item_id in zip(raw, texts, items["item_id"]):
+        t = title.strip() or text.strip()
+        out.append((t[:TITLE_CHARS - 1] + "…") if len(t) > TITLE_CHARS else (t or str(item_id)))
+    return out
+
+
+def item_vectors(dataset: PreparedDataset, cfg: GenrecConfig, texts: list[str]) -> np.ndarray:
+    """The vectors to quantize, from the configured source."""
+    ecfg = cfg.tokenize.embedding
+    if ecfg.source not in EMBEDDING_SOURCES:
+        raise GenrecError(f"unknown tokenize.embedding.source {ecfg.source!r}",
+                          f"use one of {', '.join(EMBEDDING_SOURCES)}")
+    vecs = []
+    if ecfg.source in ("text", "both"):
+        if not any(t.strip() for t in texts):
+            raise GenrecError("the items have no text to embed",
+                              "set tokenize.embedding.source: collab (IDs from interactions)")
+        cache = cfg.resolve_path(ecfg.cache_dir) if ecfg.cache_dir else Path(".cache/embeddings")
+        vecs.append(text_embeddings(texts, model=ecfg.model, batch_size=ecfg.batch_size, cache_dir=cache))
+    if ecfg.source in ("collab", "both"):
+        index = dataset.item_index()
+        seqs = [[index[i] for i in s] for s in dataset.train_sequences().values()]
+        vecs.append(collaborative_embeddings(seqs, dataset.n_items, dim=ecfg.collab_dim,
+                                             window=ecfg.collab_window, seed=cfg.seed))
+    return vecs[0] if len(vecs) == 1 else combine(vecs[0], vecs[1])
+
+
+def tokenize_stage(cfg: GenrecConfig) -> Catalog:
+    """Run the tokenize stage for ``cfg`` and return the catalog."""
+    run = RunFolder(cfg.run_dir)
+    dataset = PreparedDataset.load(run / "data")
+    template = cfg.tokenize.embedding.template or dataset.default_template
+    texts = item_texts(dataset.items, template)
+    t0 = time.perf_counter()
+    X = item_vectors(dataset, cfg, texts)
+    t_embed = time.perf_counter() - t0
+    sid = SemanticIdTokenizer(cfg.tokenize.quantizer, cfg.tokenize.min_dedup_codes)
+    t0 = time.perf_counter()
+    sid.fit(X)
+    t_fit = time.perf_counter() - t0
+    catalog = Catalog(dataset.items["item_id"].astype(str).tolist(), sid.codes_, sid.level_sizes_,
+                      display_titles(dataset, texts), texts)
+    report = dict(sid.report_)
+    report.update({"n_items": len(catalog), "depth": catalog.depth, "level_sizes": catalog.level_sizes,
+                   "embedding_source": cfg.tokenize.embedding.source, "embedding_dim": int(X.shape[1]),
+                   "seconds_embed": round(t_embed, 2), "seconds_fit": round(t_fit, 2),
+                   "template": template})
+    info = {"method": cfg.tokenize.quantizer.method, "levels": cfg.tokenize.quantizer.levels,
+            "codebook_size": cfg.tokenize.quantizer.codebook_size, "seed": cfg.tokenize.quantizer.seed,
+            "embedding_source": cfg.tokenize.embedding.source,
+            "collision_rate": report.get("collision_rate"), "level_sizes": catalog.level_sizes}
+    with run.stage("tokenize", info) as out:
+        catalog.save(out)
+        sid.save(out / "sid_tokenizer")
+        np.save(out / "item_vectors.npy", X.astype(np.float32))
+        (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+        plot_code_usage(sid.codes_, sid.level_sizes_, out / "code_usage.png")
+        # what new items need to be embedded the same way later (genrec items add)
+        ecfg = cfg.tokenize.embedding
+        (out / "embedding.json").write_text(json.dumps(
+            {"source": ecfg.source, "model": ecfg.model, "template": template,
+             "batch_size": ecfg.batch_size, "collab_dim": ecfg.collab_dim,
+             "text_fields": list(dataset.text_fields)}, indent=2) + "\n")
+    return catalog
+
+
+def load_catalog(run_dir: str | Path) -> Catalog:
+    """The catalog of a run folder."""
+    return Catalog.load(Path(run_dir) / "tokenize")
