@@ -1,0 +1,185 @@
+"""The prompt format: the one module that decides what the model reads and writes.
+
+Every task is a chat exchange rendered with the base model's chat template; the
+answer is the assistant turn. For ID answers the assistant turn is exactly the
+semantic-ID tokens followed by the end-of-turn token, so the constrained decoder
+can start generating right after ``add_generation_prompt=True`` (no stray space
+token sits between prompt and answer).
+
+Tasks:
+
+* ``next_item``: the user's history as semantic IDs (optionally with titles) ->
+  the next item's ID.
+* ``text_to_id``: an item's text -> its ID; ``id_to_text``: an ID -> its title.
+  These tie the new code tokens to language.
+* ``conversational``: a natural-language request built from the user's history
+  titles and, when known, the target's category -> the target's ID.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from genrec.tokenization.catalog import Catalog
+
+SYSTEM_PROMPT = "You are a recommender system. Answer with one item ID."
+TASKS = ("next_item", "text_to_id", "id_to_text", "conversational")
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Example:
+    """One tokenized training/evaluation example.
+
+    Attributes:
+        input_ids: prompt + answer token ids.
+        labels: IGNORE_INDEX on the prompt, the answer ids on the answer.
+        task: which task made it.
+        target: the target item index for ID answers (else -1).
+    """
+
+    input_ids: list[int]
+    labels: list[int]
+    task: str
+    target: int = -1
+
+
+@dataclass
+class PromptFormatter:
+    """Renders tasks into token ids with the tokenizer's chat template.
+
+    Args:
+        tokenizer: an HF tokenizer that already holds the catalog's code tokens.
+        catalog: the catalog (IDs, titles, text).
+        max_history: most recent history items shown.
+        with_titles: show each history item's title after its ID.
+        max_text_chars: item text is cut to this many characters in text tasks.
+        categories: optional category/genre string per catalog row, used by the
+            conversational task to state a wish ("something in Comedy").
+    """
+
+    tokenizer: object
+    catalog: Catalog
+    max_history: int = 20
+    with_titles: bool = False
+    max_text_chars: int = 200
+    categories: Sequence[str] | None = None
+    _eot: list[int] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        # the end-of-turn token the template closes an assistant message with
+        eos = self.tokenizer.eos_token_id
+        self._eot = [eos] if eos is not None else []
+
+    # -- rendering ---------------------------------------------------------------------
+    def _messages(self, user_text: str) -> list[dict]:
+        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user_text}]
+
+    def prompt_ids(self, user_text: str) -> list[int]:
+        """Token ids of a prompt that ends where the assistant's answer starts."""
+        if getattr(self.tokenizer, "chat_template", None):
+            out = self.tokenizer.apply_chat_template(self._messages(user_text), tokenize=True,
+                                                     add_generation_prompt=True)
+            if isinstance(out, dict) or hasattr(out, "keys"):
+                out = out["input_ids"]
+            return list(out)
+        return self.tokenizer(f"{SYSTEM_PROMPT}\n{user_text}\nAnswer:", add_special_tokens=False)["input_ids"]
+
+    def _answer_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] + self._eot
+
+    def _example(self, user_text: str, answer: str, task: str, target: int = -1) -> Example:
+        prompt = self.prompt_ids(user_text)
+        answer_ids = self._answer_ids(answer)
+        return Example(prompt + answer_ids, [IGNORE_INDEX] * len(prompt) + answer_ids, task, target)
+
+    def history_text(self, history: Sequence[int]) -> str:
+        recent = list(history)[-self.max_history:]
+        if self.with_titles:
+            return "; ".join(f"{self.catalog.sid(i)} {self.catalog.titles[i]}" for i in recent)
+        return ", ".join(self.catalog.sid(i) for i in recent)
+
+    # -- tasks ---------------------------------------------------------------------------
+    def next_item_text(self, history: Sequence[int]) -> str:
+        return f"A user interacted with these items, oldest first: {self.history_text(history)}. Which item comes next?"
+
+    def next_item_prompt(self, history: Sequence[int]) -> list[int]:
+        """Prompt ids for recommending after ``history`` (catalog rows)."""
+        return self.prompt_ids(self.next_item_text(history))
+
+    def next_item(self, history: Sequence[int], target: int) -> Example:
+        return self._example(self.next_item_text(history), self.catalog.sid(target), "next_item", target)
+
+    def text_to_id(self, item: int) -> Example:
+        text = (self.catalog.texts[item] or self.catalog.titles[item])[: self.max_text_chars]
+        return self._example(f"Which item is this: {text}", self.catalog.sid(item), "text_to_id", item)
+
+    def id_to_text(self, item: int) -> Example:
+        return self._example(f"What is item {self.catalog.sid(item)}?", self.catalog.titles[item], "id_to_text")
+
+    def conversation_text(self, liked_titles: Sequence[str], wish: str | None = None,
+                          rng: random.Random | None = None) -> str:
+        """A natural-language request from liked titles and an optional wish."""
+        rng = rng or random.Random(0)
+        titles = [t for t in liked_titles if t]
+        if not titles:
+            liked = ""
+        elif len(titles) == 1:
+            liked = f"I liked {titles[0]}."
+        else:
+            liked = f"I liked {', '.join(titles[:-1])} and {titles[-1]}."
+        asks = ["What should I try next?", "Any recommendation?", "What would you suggest next?"]
+        ask = f"Something in {wish}?" if wish else rng.choice(asks)
+        return f"{liked} {ask}".strip()
+
+    def conversational(self, history: Sequence[int], target: int, rng: random.Random) -> Example:
+        """A request built from a few recent history titles (and the target's category, at times)."""
+        recent = list(history)[-self.max_history:]
+        n = min(len(recent), rng.randint(1, 3))
+        liked = [self.catalog.titles[i] for i in recent[-n:]]
+        wish = None
+        if self.categories is not None and rng.random() < 0.5 and self.categories[target]:
+            wish = self.categories[target]
+        return self._example(self.conversation_text(liked, wish, rng), self.catalog.sid(target),
+                             "conversational", target)
+
+
+def training_examples(fmt: PromptFormatter, train_sequences: Sequence[Sequence[int]],
+                      weights: dict[str, float], seed: int = 0, min_history: int = 1) -> list[Example]:
+    """All training examples for one epoch, before shuffling.
+
+    ``next_item`` takes every prefix of every training sequence (history ->
+    following item), so only training items are ever targets or history; the
+    validation and test targets (the last two items of each user) never appear.
+    ``conversational`` samples that many per next-item example (weight 0.25 ->
+    a quarter as many); the text tasks cover each catalog item ``weight`` times
+    (fractions sample a subset).
+    """
+    unknown = set(weights) - set(TASKS)
+    if unknown:
+        raise ValueError(f"unknown task(s) {sorted(unknown)}; tasks are {TASKS}")
+    rng = random.Random(seed)
+    out: list[Example] = []
+    pairs = [(seq[:t], seq[t]) for seq in train_sequences for t in range(min_history, len(seq))]
+    w = weights.get("next_item", 1.0)
+    for hist, target in _sample(pairs, w, rng):
+        out.append(fmt.next_item(hist, target))
+    for hist, target in _sample(pairs, weights.get("conversational", 0.0), rng):
+        out.append(fmt.conversational(hist, target, rng))
+    items = list(range(len(fmt.catalog)))
+    for item in _sample(items, weights.get("text_to_id", 0.0), rng):
+        out.append(fmt.text_to_id(item))
+    for item in _sample(items, weights.get("id_to_text", 0.0), rng):
+        out.append(fmt.id_to_text(item))
+    return out
+
+
+def _sample(pool: list, weight: float, rng: random.Random) -> list:
+    """``weight`` copies of ``pool``: whole copies, then a random fraction."""
+    whole, frac = int(weight), weight - int(weight)
+    out = pool * whole
+    if frac > 0 and pool:
+        out += rng.sample(pool, int(round(frac * len(pool))))
+    return out

@@ -1,0 +1,179 @@
+"""Prompts, leakage, fine-tuning, resume and export on the bundled demo set with a small model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from genrec.config import load_config
+from genrec.data import PreparedDataset, prepare_stage
+from genrec.errors import GenrecError
+from genrec.serving.recommender import Recommender
+from genrec.tokenization.stage import load_catalog, tokenize_stage
+from genrec.tokenization.vocab import add_semantic_id_tokens
+from genrec.training.prompts import IGNORE_INDEX, PromptFormatter, training_examples
+from genrec.training.trainer import Trainer, collate
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "model.name=scratch", "model.scratch_hidden=64", "model.scratch_layers=2", "model.scratch_intermediate=128",
+    "train.finetune=full", "train.lr=0.003", "train.batch_size=16", "train.bf16=false",
+    "train.eval_every=0", "train.eval_users=40", "train.save_every=2", "train.log_every=2",
+    "train.tasks={next_item: 1.0}", "eval.num_beams=10", "eval.bf16=false", "data.max_history=8",
+]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, smollm2_dir) -> Path:
+    """The bundled set prepared and tokenized once for this module."""
+    run = tmp_path_factory.mktemp("run")
+    cfg = load_config(REPO / "configs" / "demo.yaml", [f"run_dir={run}"])
+    prepare_stage(cfg)
+    tokenize_stage(cfg)
+    return run
+
+
+def _cfg(run: Path, *extra: str):
+    return load_config(REPO / "configs" / "demo.yaml", [f"run_dir={run}", *TINY, *extra])
+
+
+def _formatter(run: Path, smollm2_dir: Path) -> PromptFormatter:
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    catalog = load_catalog(run)
+    add_semantic_id_tokens(tok, catalog)
+    return PromptFormatter(tok, catalog, max_history=8)
+
+
+def test_answer_follows_prompt_without_stray_tokens(demo_run, smollm2_dir):
+    fmt = _formatter(demo_run, smollm2_dir)
+    catalog = fmt.catalog
+    ex = fmt.next_item([0, 1, 2], 5)
+    prompt = fmt.next_item_prompt([0, 1, 2])
+    answer = catalog.token_ids(fmt.tokenizer)[5].tolist() + [fmt.tokenizer.eos_token_id]
+    # the example is exactly prompt + ID tokens + end of turn, loss only on the answer
+    assert ex.input_ids == prompt + answer
+    assert ex.labels == [IGNORE_INDEX] * len(prompt) + answer
+    assert fmt.tokenizer.decode(prompt).endswith("<|im_start|>assistant\n")
+    # history IDs appear whole in the prompt
+    for i in (0, 1, 2):
+        assert catalog.sid(i) in fmt.tokenizer.decode(prompt)
+
+
+def test_validation_and_test_targets_never_in_training(demo_run, smollm2_dir):
+    fmt = _formatter(demo_run, smollm2_dir)
+    ds = PreparedDataset.load(demo_run / "data")
+    index = ds.item_index()
+    tok = fmt.tokenizer
+    checked = 0
+    for user, seq in list(ds.train_sequences().items())[:150]:
+        train = [index[i] for i in seq]
+        held_out = {index[t] for name in ("valid", "test") for u, _, t in [_row(ds, name, user)]} - set(train)
+        examples = training_examples(fmt, [train], {"next_item": 1.0, "conversational": 1.0}, seed=1)
+        text = " ".join(tok.decode(e.input_ids) for e in examples)
+        for item in held_out:
+            assert fmt.catalog.sid(item) not in text
+            checked += 1
+    assert checked > 100
+
+
+def _row(ds, split, user):
+    for row in ds.split(split):
+        if row[0] == user:
+            return row
+    raise AssertionError(user)
+
+
+def test_collate_keeps_only_answer_logits(demo_run, smollm2_dir):
+    fmt = _formatter(demo_run, smollm2_dir)
+    exs = [fmt.next_item([0], 3), fmt.next_item(list(range(8)), 4), fmt.id_to_text(2)]
+    batch = collate(exs, pad_id=fmt.tokenizer.eos_token_id, max_len=512)
+    labels = batch["labels"]
+    # every answer token lies inside the kept window, nothing of the prompt is labelled
+    assert (labels[:, : labels.shape[1] - batch["keep"] + 1] == IGNORE_INDEX).all()
+    assert int((labels != IGNORE_INDEX).sum()) == sum(sum(1 for x in e.labels if x != IGNORE_INDEX) for e in exs)
+    # left padding: every row ends in the last column
+    assert (batch["attention_mask"][:, -1] == 1).all()
+
+
+def test_unknown_task_and_finetune_are_clear_errors(demo_run):
+    with pytest.raises(GenrecError, match="unknown task 'nextitem'"):
+        Trainer(_cfg(demo_run, "train.tasks={nextitem: 1.0}"), progress=False)
+    with pytest.raises(GenrecError, match="unknown train.finetune"):
+        Trainer(_cfg(demo_run, "train.finetune=lorra"), progress=False)
+
+
+def _copy_prepared(src: Path, dst: Path) -> Path:
+    dst.mkdir(parents=True)
+    for name in ("data", "tokenize", "manifest.json"):
+        p = src / name
+        (shutil.copytree if p.is_dir() else shutil.copy)(p, dst / name)
+    return dst
+
+
+def test_killed_run_resumes_to_the_same_result(demo_run, tmp_path):
+    steps = ["train.max_steps=6"]
+    a = _copy_prepared(demo_run, tmp_path / "a")
+    state_a = Trainer(_cfg(a, *steps), progress=False).train()
+    assert state_a.step == 6 and (a / "model" / "config.json").is_file()
+
+    b = _copy_prepared(demo_run, tmp_path / "b")
+    partial = Trainer(_cfg(b, *steps), progress=False).train(stop_after_steps=3)
+    assert partial.step == 3 and not (b / "model").exists()
+    # the last checkpoint is at step 2 (save_every=2): step 3 is lost, as in a kill
+    assert json.loads((b / "train" / "checkpoint" / "state.json").read_text())["step"] == 2
+    state_b = Trainer(_cfg(b, *steps), progress=False).train()
+    assert state_b.step == 6
+    wa = AutoModelForCausalLM.from_pretrained(a / "model").state_dict()
+    wb = AutoModelForCausalLM.from_pretrained(b / "model").state_dict()
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name
+    assert state_a.evals == state_b.evals
+
+    # a different config cannot silently resume someone else's checkpoint
+    c = _copy_prepared(demo_run, tmp_path / "c")
+    Trainer(_cfg(c, *steps), progress=False).train(stop_after_steps=2)
+    with pytest.raises(GenrecError, match="different config"):
+        Trainer(_cfg(c, "train.max_steps=6", "train.lr=0.01"), progress=False).train()
+
+
+def test_lora_export_is_a_standalone_model(demo_run, tmp_path):
+    run = _copy_prepared(demo_run, tmp_path / "lora")
+    cfg = _cfg(run, "train.finetune=lora", "train.max_steps=3", "train.lr=0.01")
+    trainer = Trainer(cfg, progress=False)
+    trainer.train()
+    exported = run / "model"
+    # plain transformers loads it: no peft, the code tokens inside the tokenizer
+    model = AutoModelForCausalLM.from_pretrained(exported)
+    tok = AutoTokenizer.from_pretrained(exported)
+    catalog = load_catalog(run)
+    assert tok.convert_tokens_to_ids(catalog.code_tokens()[0]) >= 49152
+    assert model.get_input_embeddings().weight.shape[0] == len(tok)
+    # merged logits equal the adapter model's logits
+    batch = collate([trainer.formatter.next_item([0, 1], 2)], tok.eos_token_id, 256)
+    with torch.no_grad():
+        merged = model(input_ids=batch["input_ids"]).logits
+        peft_logits = trainer.model(input_ids=batch["input_ids"]).logits
+    assert torch.allclose(merged, peft_logits, atol=1e-3)
+    rec = Recommender.from_folder(exported)
+    out = rec.recommend([[0, 1, 2]], k=5, num_beams=10)
+    assert len(out[0]) == 5 and all(r.item_id in catalog for r in out[0])
+
+
+@pytest.mark.slow
+def test_scratch_model_learns_the_demo_set(demo_run, tmp_path):
+    """A few hundred steps of the scratch backbone beat a random ranking by far on validation."""
+    run = _copy_prepared(demo_run, tmp_path / "learn")
+    cfg = _cfg(run, "train.max_steps=150", "train.batch_size=32", "train.eval_every=150",
+               "train.eval_users=200", "model.scratch_hidden=128", "model.scratch_layers=2")
+    state = Trainer(cfg, progress=False).train()
+    recall = state.evals[-1]["recall@10"]
+    n_items = len(load_catalog(run))
+    assert recall > 5 * 10 / n_items, state.evals
+    assert state.evals[-1]["invalid_rate"] == 0
