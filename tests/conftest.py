@@ -32,3 +32,28 @@ def smollm2_dir() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_tokenizer_dir(smollm2_dir: Path) -> Path:
     return smollm2_dir
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, smollm2_dir) -> Path:
+    """The bundled set prepared and tokenized once per session (read-only for tests: copy it)."""
+    from genrec.config import load_config
+    from genrec.data import prepare_stage
+    from genrec.tokenization.stage import tokenize_stage
+
+    run = tmp_path_factory.mktemp("demo_run")
+    cfg = load_config(REPO / "configs" / "demo.yaml", [f"run_dir={run}"])
+    prepare_stage(cfg)
+    tokenize_stage(cfg)
+    return run
+
+
+def copy_prepared(src: Path, dst: Path) -> Path:
+    """A fresh run folder holding the data and tokenize stages of ``src``."""
+    import shutil
+
+    dst.mkdir(parents=True)
+    for name in ("data", "tokenize", "manifest.json"):
+        p = src / name
+        (shutil.copytree if p.is_dir() else shutil.copy)(p, dst / name)
+    return dst

@@ -20,24 +20,17 @@ from genrec.tokenization.vocab import add_semantic_id_tokens
 from genrec.training.prompts import IGNORE_INDEX, PromptFormatter, training_examples
 from genrec.training.trainer import Trainer, collate
 
+from conftest import copy_prepared
+
 REPO = Path(__file__).resolve().parents[1]
 
+# a small scratch model: the same code path as SmolLM2, fast enough for tests
 TINY = [
     "model.name=scratch", "model.scratch_hidden=64", "model.scratch_layers=2", "model.scratch_intermediate=128",
     "train.finetune=full", "train.lr=0.003", "train.batch_size=16", "train.bf16=false",
     "train.eval_every=0", "train.eval_users=40", "train.save_every=2", "train.log_every=2",
     "train.tasks={next_item: 1.0}", "eval.num_beams=10", "eval.bf16=false", "data.max_history=8",
 ]
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, smollm2_dir) -> Path:
-    """The bundled set prepared and tokenized once for this module."""
-    run = tmp_path_factory.mktemp("run")
-    cfg = load_config(REPO / "configs" / "demo.yaml", [f"run_dir={run}"])
-    prepare_stage(cfg)
-    tokenize_stage(cfg)
-    return run
 
 
 def _cfg(run: Path, *extra: str):
@@ -109,21 +102,13 @@ def test_unknown_task_and_finetune_are_clear_errors(demo_run):
         Trainer(_cfg(demo_run, "train.finetune=lorra"), progress=False)
 
 
-def _copy_prepared(src: Path, dst: Path) -> Path:
-    dst.mkdir(parents=True)
-    for name in ("data", "tokenize", "manifest.json"):
-        p = src / name
-        (shutil.copytree if p.is_dir() else shutil.copy)(p, dst / name)
-    return dst
-
-
 def test_killed_run_resumes_to_the_same_result(demo_run, tmp_path):
     steps = ["train.max_steps=6"]
-    a = _copy_prepared(demo_run, tmp_path / "a")
+    a = copy_prepared(demo_run, tmp_path / "a")
     state_a = Trainer(_cfg(a, *steps), progress=False).train()
     assert state_a.step == 6 and (a / "model" / "config.json").is_file()
 
-    b = _copy_prepared(demo_run, tmp_path / "b")
+    b = copy_prepared(demo_run, tmp_path / "b")
     partial = Trainer(_cfg(b, *steps), progress=False).train(stop_after_steps=3)
     assert partial.step == 3 and not (b / "model").exists()
     # the last checkpoint is at step 2 (save_every=2): step 3 is lost, as in a kill
@@ -137,14 +122,14 @@ def test_killed_run_resumes_to_the_same_result(demo_run, tmp_path):
     assert state_a.evals == state_b.evals
 
     # a different config cannot silently resume someone else's checkpoint
-    c = _copy_prepared(demo_run, tmp_path / "c")
+    c = copy_prepared(demo_run, tmp_path / "c")
     Trainer(_cfg(c, *steps), progress=False).train(stop_after_steps=2)
     with pytest.raises(GenrecError, match="different config"):
         Trainer(_cfg(c, "train.max_steps=6", "train.lr=0.01"), progress=False).train()
 
 
 def test_lora_export_is_a_standalone_model(demo_run, tmp_path):
-    run = _copy_prepared(demo_run, tmp_path / "lora")
+    run = copy_prepared(demo_run, tmp_path / "lora")
     cfg = _cfg(run, "train.finetune=lora", "train.max_steps=3", "train.lr=0.01")
     trainer = Trainer(cfg, progress=False)
     trainer.train()
@@ -169,7 +154,7 @@ def test_lora_export_is_a_standalone_model(demo_run, tmp_path):
 @pytest.mark.slow
 def test_scratch_model_learns_the_demo_set(demo_run, tmp_path):
     """A few hundred steps of the scratch backbone beat a random ranking by far on validation."""
-    run = _copy_prepared(demo_run, tmp_path / "learn")
+    run = copy_prepared(demo_run, tmp_path / "learn")
     cfg = _cfg(run, "train.max_steps=150", "train.batch_size=32", "train.eval_every=150",
                "train.eval_users=200", "model.scratch_hidden=128", "model.scratch_layers=2")
     state = Trainer(cfg, progress=False).train()
