@@ -37,11 +37,13 @@ demo: install
 	$(VENV)/bin/genrec demo configs/demo.yaml
 
 test: install
-	$(VPY) -m pytest -x -q tests
+	$(VPY) -m pytest -q --durations=10 tests
 
 bench: install
 	$(VPY) bench/prepare_tokenize.py
 	$(VPY) bench/kmeans_scaling.py
+	$(VPY) bench/train_speed.py
+	$(VPY) bench/beam_search.py --users 16
 
 clean:
 	rm -rf runs .cache

@@ -24,7 +24,8 @@ from typing import Sequence
 
 from genrec.tokenization.catalog import Catalog
 
-SYSTEM_PROMPT = "You are a recommender system. Answer with one item ID."
+# short on purpose: every prompt token is paid for in every training step and every beam
+SYSTEM_PROMPT = "You recommend items by their IDs."
 TASKS = ("next_item", "text_to_id", "id_to_text", "conversational")
 IGNORE_INDEX = -100
 
@@ -103,7 +104,7 @@ class PromptFormatter:
 
     # -- tasks ---------------------------------------------------------------------------
     def next_item_text(self, history: Sequence[int]) -> str:
-        return f"A user interacted with these items, oldest first: {self.history_text(history)}. Which item comes next?"
+        return f"History: {self.history_text(history)}. Next item?"
 
     def next_item_prompt(self, history: Sequence[int]) -> list[int]:
         """Prompt ids for recommending after ``history`` (catalog rows)."""

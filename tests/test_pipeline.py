@@ -1,0 +1,127 @@
+"""The prepare -> tokenize pipeline on every dataset, the CLI, catalog updates and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from conftest import REPO, copy_prepared, shared_dataset
+from genrec.config import load_config
+from genrec.data import prepare_stage
+from genrec.errors import GenrecError
+from genrec.tokenization.catalog import Catalog
+from genrec.tokenization.stage import load_catalog, tokenize_stage
+from genrec.tokenization.trie import ItemTrie
+from genrec.tokenization.updates import add_items, remove_items
+from genrec.tokenization.vocab import add_semantic_id_tokens
+
+import pandas as pd
+
+
+def _check_unique_and_trie(run: Path, tokenizer_dir: Path, n_items: int) -> Catalog:
+    catalog = load_catalog(run)
+    assert len(catalog) == n_items
+    assert len({tuple(r) for r in catalog.codes.tolist()}) == n_items
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    add_semantic_id_tokens(tok, catalog)
+    table = catalog.token_ids(tok)
+    trie = ItemTrie(table, vocab_size=len(tok))
+    # the trie holds exactly the catalog: one leaf per item, each spelling its own item
+    assert int((trie.node_depth == catalog.depth).sum()) == n_items
+    assert [trie.item_of(row) for row in table.tolist()] == list(range(n_items))
+    report = json.loads((run / "tokenize" / "report.json").read_text())
+    assert report["unique"] and 0 <= report["collision_rate"] < 0.5
+    assert (run / "tokenize" / "code_usage.png").stat().st_size > 1000
+    return catalog
+
+
+@pytest.mark.parametrize("config,overrides,n_items", [
+    ("scientific", ["tokenize.embedding.template='{title}'"], 4344),  # titles only: keeps the test fast
+    ("beauty", [], 12101),
+])
+def test_shared_datasets_get_unique_ids(config, overrides, n_items, tmp_path, smollm2_dir):
+    shared_dataset({"scientific": "amazon-scientific-2018", "beauty": "amazon-beauty-2014"}[config])
+    cfg = load_config(REPO / "configs" / f"{config}.yaml",
+                      [f"run_dir={tmp_path}", f"tokenize.embedding.cache_dir={REPO / '.cache' / 'test-embeddings'}",
+                       *overrides])
+    prepare_stage(cfg)
+    tokenize_stage(cfg)
+    _check_unique_and_trie(tmp_path, smollm2_dir, n_items)
+
+
+def test_demo_ids_unique_and_deterministic(demo_run, tmp_path, smollm2_dir):
+    first = _check_unique_and_trie(demo_run, smollm2_dir, 2414)
+    again = copy_prepared(demo_run, tmp_path / "again")
+    tokenize_stage(load_config(REPO / "configs" / "demo.yaml", [f"run_dir={again}"]))
+    assert np.array_equal(load_catalog(again).codes, first.codes)
+
+
+def test_new_items_join_without_refit_and_removed_items_leave(demo_run, tmp_path, smollm2_dir):
+    run = copy_prepared(demo_run, tmp_path / "upd")
+    before = load_catalog(run)
+    quantizer_file = next((run / "tokenize" / "sid_tokenizer").glob("*.npz"))
+    q_bytes = quantizer_file.read_bytes()
+    new = pd.DataFrame({"item_id": ["new1", "new2", "new3"],
+                        "title": ["Toy Story 5 (2027)", "Toy Story 5 (2027)", "A Quiet Documentary (2027)"],
+                        "genres": ["Animation, Comedy", "Animation, Comedy", "Documentary"]})
+    added = dict(add_items(run, new))
+    after = load_catalog(run)
+    assert len(after) == len(before) + 3 and after.item_ids[: len(before)] == before.item_ids
+    assert np.array_equal(after.codes[: len(before)], before.codes)
+    assert len({tuple(r) for r in after.codes.tolist()}) == len(after)  # identical texts still differ
+    assert added["new1"] != added["new2"]
+    assert quantizer_file.read_bytes() == q_bytes  # no refit
+    # a similar title lands under the same first code as an existing Toy Story
+    toy = [i for i, t in enumerate(before.titles) if t.startswith("Toy Story")]
+    if toy:
+        assert after.codes[after.index("new1"), 0] in {before.codes[i, 0] for i in toy}
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    add_semantic_id_tokens(tok, after)
+    trie = ItemTrie(after.token_ids(tok), vocab_size=len(tok))
+    assert trie.item_of(after.token_ids(tok)[after.index("new3")].tolist()) == after.index("new3")
+    removed = before.item_ids[0]
+    remove_items(run, [removed])
+    final = load_catalog(run)
+    assert removed not in final and len(final) == len(after) - 1
+    with pytest.raises(GenrecError, match="already in the catalog"):
+        add_items(run, new.iloc[:1])
+
+
+def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "genrec.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_prepare_and_tokenize(tmp_path):
+    out = _cli("data", "prepare", "configs/demo.yaml", "-s", f"run_dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    assert "4333 users, 2414 items, 68055 interactions" in out.stdout
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["stages"]["data"]["files"]["sequences.parquet"]
+
+
+def test_cli_bad_input_is_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run_dir: x\ndata:\n  kcor: 5\n")
+    out = _cli("data", "prepare", str(bad))
+    assert out.returncode == 2
+    assert "unknown config key 'data.kcor'" in out.stderr and "did you mean 'kcore'" in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    out = _cli("tokenize", str(tmp_path / "missing.yaml"))
+    assert out.returncode == 2 and "config file not found" in out.stderr
+
+
+def test_codebook_larger_than_catalog_leaves_previous_stage(demo_run, tmp_path):
+    run = copy_prepared(demo_run, tmp_path / "big")
+    catalog_bytes = (run / "tokenize" / "catalog.parquet").read_bytes()
+    cfg = load_config(REPO / "configs" / "demo.yaml", [f"run_dir={run}", "tokenize.quantizer.codebook_size=5000"])
+    with pytest.raises(GenrecError, match="codebook size 5000 is larger than the catalog"):
+        tokenize_stage(cfg)
+    assert (run / "tokenize" / "catalog.parquet").read_bytes() == catalog_bytes
+    assert not [p for p in run.iterdir() if ".tmp" in p.name]
