@@ -19,6 +19,8 @@ import time
 import numpy as np
 import torch
 
+from genrec.serving.beam_search import left_pad
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -51,16 +53,6 @@ def prompts_for(tokenizer, catalog, n_users: int, seed: int = 1) -> list[list[in
         out.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                  return_dict=False))
     return out
-
-
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, prompts))
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.tensor(p)
-        mask[row, width - len(p):] = 1
-    return ids, mask
 
 
 def run(decoders: dict, prompts: list[list[int]], batch: int, pad_id: int, repeats: int) -> tuple[dict, dict]:

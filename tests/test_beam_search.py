@@ -11,6 +11,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from genrec.serving.beam_search import constrained_beam_search, generate_reference
+from genrec.serving.beam_search import left_pad as pad_left
 from genrec.tokenization.catalog import Catalog
 from genrec.tokenization.trie import ItemTrie
 
@@ -54,13 +55,7 @@ def setup():
 
 
 def left_pad(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, prompts))
-    ids = torch.full((len(prompts), width), PAD, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.tensor(p)
-        mask[row, width - len(p):] = 1
-    return ids, mask
+    return pad_left(prompts, PAD)
 
 
 @torch.no_grad()

@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from genrec.config import load_config
 from genrec.data import PreparedDataset, prepare_stage
 from genrec.errors import GenrecError
-from genrec.serving.beam_search import constrained_beam_search, generate_reference
-from genrec.serving.recommender import Recommender, left_pad
+from genrec.serving.beam_search import constrained_beam_search, generate_reference, left_pad
+from genrec.serving.recommender import Recommender
 from genrec.tokenization.stage import load_catalog, tokenize_stage
 from genrec.tokenization.vocab import add_semantic_id_tokens
 from genrec.training.prompts import IGNORE_INDEX, PromptFormatter, training_examples

@@ -23,7 +23,7 @@ reports with ``length_penalty=0``.
 from __future__ import annotations
 
 import time
-from typing import MutableMapping
+from typing import MutableMapping, Sequence
 
 import torch
 
@@ -34,6 +34,18 @@ Ranking = list[tuple[int, float]]
 
 #: Below this a `generate` beam score means "no valid continuation" (HF uses -1e9 there).
 _DEAD_SCORE = -1e8
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into (input_ids, attention_mask): every prompt ends at the last column."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq):] = 1
+    return ids, mask
 
 
 def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -16,24 +16,12 @@ import torch
 from tqdm.auto import tqdm
 
 from genrec.errors import GenrecError
-from genrec.serving.beam_search import constrained_beam_search
+from genrec.serving.beam_search import constrained_beam_search, left_pad
 from genrec.tokenization.catalog import Catalog
 from genrec.tokenization.trie import ItemTrie
 from genrec.training.prompts import PromptFormatter
 
 PROMPT_FILE = "genrec.json"
-
-
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists into (input_ids, attention_mask): every prompt ends at the last column."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if seq:
-            ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-            mask[row, width - len(seq):] = 1
-    return ids, mask
 
 
 @dataclass

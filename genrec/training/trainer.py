@@ -42,7 +42,8 @@ from genrec.data import PreparedDataset
 from genrec.errors import GenrecError
 from genrec.evaluation.metrics import evaluate_rankings
 from genrec.runs import RunFolder
-from genrec.serving.recommender import PROMPT_FILE, Recommender, left_pad
+from genrec.serving.beam_search import left_pad
+from genrec.serving.recommender import PROMPT_FILE, Recommender
 from genrec.tokenization.catalog import Catalog
 from genrec.tokenization.stage import load_catalog
 from genrec.tokenization.trie import ItemTrie
