@@ -182,10 +182,6 @@ class GenrecConfig:
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Model section."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training section."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Decoding/evaluation section."})
-    # Later stages (model, train, serve) keep their own sections; unknown sections are
-    # rejected below until a dataclass claims them.
-    extra: dict = field(default_factory=dict, metadata={"help": "Sections owned by later stages."})
-
     config_path: Optional[str] = field(default=None, metadata={"help": "Where it was read from (set by load)."})
 
     def resolve_path(self, p: str | None) -> Path | None:
@@ -200,19 +196,7 @@ class GenrecConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("config_path", None)
-        extra = d.pop("extra", {})
-        d.update(extra)
         return d
-
-
-# Sections that later stages own; their content is kept as plain dicts and validated by
-# the stage itself. Registered by name so an unknown top-level key is still an error.
-EXTRA_SECTIONS: dict[str, type] = {}
-
-
-def register_section(name: str, cls: type) -> None:
-    """Let a later stage (training, serving) own a top-level config section."""
-    EXTRA_SECTIONS[name] = cls
 
 
 def _unknown(key: str, where: str, valid: list[str], source: str) -> GenrecError:
@@ -237,7 +221,7 @@ def from_dict(cls: type, data: dict[str, Any] | None, source: str = "config", wh
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in fields:
-            raise _unknown(str(key), where, [k for k in fields if k not in ("extra", "config_path")], source)
+            raise _unknown(str(key), where, [k for k in fields if k != "config_path"], source)
         typ = hints[key]
         if dataclasses.is_dataclass(typ):
             kwargs[key] = from_dict(typ, value, source, f"{where}{key}.")
@@ -290,26 +274,16 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = yaml.safe_load(val)
-    extra = {k: raw.pop(k) for k in list(raw) if k in EXTRA_SECTIONS}
     cfg = from_dict(GenrecConfig, raw, source=str(p))
-    for name, section in extra.items():
-        from_dict(EXTRA_SECTIONS[name], section, source=str(p), where=f"{name}.")  # validate keys
-    cfg.extra = extra
     cfg.config_path = str(p.resolve())
     return cfg
-
-
-def section(cfg: GenrecConfig, name: str) -> Any:
-    """The dataclass for a later stage's section (defaults when absent)."""
-    return from_dict(EXTRA_SECTIONS[name], cfg.extra.get(name), source=cfg.config_path or "config",
-                     where=f"{name}.")
 
 
 def describe(cls: type, indent: str = "") -> str:
     """Markdown-ish help text for a config dataclass (used by `genrec config show`)."""
     out = []
     for f in dataclasses.fields(cls):
-        if f.name in ("extra", "config_path"):
+        if f.name == "config_path":
             continue
         help_ = f.metadata.get("help", "")
         typ = get_type_hints(cls)[f.name]

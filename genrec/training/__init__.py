@@ -1,0 +1,1 @@
+"""Fine-tuning a causal LM to generate next-item semantic IDs."""
