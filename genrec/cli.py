@@ -174,6 +174,46 @@ def demo(config: Path = typer.Argument(Path("configs/demo.yaml"), help="YAML con
     run_demo(_load(config, set_), config)
 
 
+baseline_app = typer.Typer(no_args_is_help=True, help="Baselines in the same harness (splits, metrics).")
+app.add_typer(baseline_app, name="baseline")
+
+
+@baseline_app.command("sasrec")
+def baseline_sasrec(config: Path = typer.Argument(..., help="YAML config (its run must hold RUN/data)."),
+                    split: str = typer.Option("test", help="valid or test."),
+                    max_users: int = typer.Option(0, help="Evaluate at most this many users (0: all)."),
+                    set_: Optional[List[str]] = OverrideOpt) -> None:
+    """SASRec with full-softmax cross-entropy (early stopping on validation); RUN/baselines/sasrec."""
+    from genrec.evaluation.sasrec import run_sasrec
+    cfg = _load(config, set_)
+    m = run_sasrec(cfg.run_dir, cfg.sasrec, split=split, max_users=max_users)
+    typer.echo(json.dumps({k: v for k, v in m.items() if k != "config"}, indent=2))
+
+
+@baseline_app.command("popularity")
+def baseline_popularity(config: Path = typer.Argument(..., help="YAML config (its run must hold RUN/data)."),
+                        split: str = typer.Option("test", help="valid or test."),
+                        k: int = typer.Option(10, "-k", help="Cut-off."),
+                        exclude_seen: bool = typer.Option(False, help="Skip items already in the history."),
+                        set_: Optional[List[str]] = OverrideOpt) -> None:
+    """Most frequent training items; RUN/baselines/popularity."""
+    from genrec.data import PreparedDataset
+    from genrec.evaluation.baselines import PopularityRecommender
+    from genrec.evaluation.evaluate import split_rows
+    from genrec.evaluation.metrics import evaluate_rankings
+    cfg = _load(config, set_)
+    ds = PreparedDataset.load(Path(cfg.run_dir) / "data")
+    index = ds.item_index()
+    _, histories, targets = split_rows(ds, split)
+    pop = PopularityRecommender(exclude_seen).fit([[index[i] for i in s] for s in ds.train_sequences().values()],
+                                                  ds.n_items)
+    m = evaluate_rankings(pop.recommend(histories, k), targets, ds.n_items, ks=tuple(x for x in (5, 10) if x <= k))
+    out = Path(cfg.run_dir) / "baselines" / "popularity"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"metrics_{split}.json").write_text(json.dumps({**m, "split": split, "exclude_seen": exclude_seen}, indent=2) + "\n")
+    typer.echo(json.dumps(m, indent=2))
+
+
 @config_app.command("show")
 def config_show() -> None:
     """Print every config key with its default and meaning."""

@@ -172,6 +172,26 @@ class EvalConfig:
 
 
 @dataclass
+class SASRecConfig:
+    """Model and training settings of the SASRec baseline."""
+
+    hidden: int = _f(64, "embedding and transformer width")
+    layers: int = _f(2, "transformer blocks")
+    heads: int = _f(1, "attention heads per block")
+    dropout: float = _f(0.2, "dropout on embeddings, attention and FFN")
+    max_len: int = _f(50, "most recent items the model sees")
+    batch_size: int = _f(128, "training sequences per step")
+    lr: float = _f(1e-3, "Adam learning rate")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    epochs: int = _f(200, "most passes over the training sequences")
+    patience: int = _f(10, "validations without NDCG@10 gain before stopping")
+    eval_every: int = _f(1, "epochs between validations")
+    eval_users: int = _f(0, "validation users sampled (0 = all)")
+    seed: int = _f(0, "seed of initialisation, dropout and shuffling")
+    num_threads: int = _f(2, "torch CPU threads")
+
+
+@dataclass
 class GenrecConfig:
     """A whole run."""
 
@@ -182,6 +202,7 @@ class GenrecConfig:
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Model section."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training section."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Decoding/evaluation section."})
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig, metadata={"help": "SASRec baseline section."})
     config_path: Optional[str] = field(default=None, metadata={"help": "Where it was read from (set by load)."})
 
     def resolve_path(self, p: str | None) -> Path | None:

@@ -125,3 +125,11 @@ def test_codebook_larger_than_catalog_leaves_previous_stage(demo_run, tmp_path):
         tokenize_stage(cfg)
     assert (run / "tokenize" / "catalog.parquet").read_bytes() == catalog_bytes
     assert not [p for p in run.iterdir() if ".tmp" in p.name]
+
+
+def test_cli_popularity_baseline_writes_metrics(demo_run, tmp_path):
+    run = copy_prepared(demo_run, tmp_path / "pop")
+    out = _cli("baseline", "popularity", "configs/demo.yaml", "-s", f"run_dir={run}", "--split", "valid")
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads((run / "baselines" / "popularity" / "metrics_valid.json").read_text())
+    assert metrics["users"] == 4333 and 0 < metrics["recall@10"] < 0.5 and metrics["invalid_rate"] == 0

@@ -1,0 +1,89 @@
+"""SASRec baseline: learns on the demo set, deterministic, exclusion, run_sasrec, save/load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_prepared
+from genrec.data import PreparedDataset
+from genrec.errors import GenrecError
+from genrec.evaluation.evaluate import split_rows
+from genrec.evaluation.metrics import evaluate_rankings
+from genrec.evaluation.sasrec import SASRecConfig, SASRecRecommender, run_sasrec
+
+# small and short so the file runs in well under a minute on 2 cores; the higher lr makes
+# up for the few steps
+SMALL = dict(hidden=32, layers=1, max_len=20, batch_size=128, lr=5e-3, eval_users=200, num_threads=2)
+TINY = dict(SMALL, max_len=10, epochs=1, eval_users=50)
+
+
+@pytest.fixture(scope="module")
+def dataset(demo_run: Path) -> PreparedDataset:
+    return PreparedDataset.load(demo_run / "data")
+
+
+@pytest.fixture(scope="module")
+def fitted(dataset: PreparedDataset) -> SASRecRecommender:
+    return SASRecRecommender(SASRecConfig(**SMALL, epochs=2)).fit(dataset, progress=False)
+
+
+@pytest.fixture(scope="module")
+def valid_rows(dataset: PreparedDataset):
+    _, histories, targets = split_rows(dataset, "valid", 200, 0)
+    return histories, targets
+
+
+def test_learns_far_above_random(fitted, dataset, valid_rows):
+    histories, targets = valid_rows
+    ranked = fitted.recommend(histories, k=10)
+    assert all(len(r) == 10 and len(set(r)) == 10 for r in ranked)
+    assert all(0 <= i < dataset.n_items for r in ranked for i in r)
+    m = evaluate_rankings(ranked, targets, dataset.n_items)
+    random_recall = 10 / dataset.n_items
+    assert m["recall@10"] > 8 * random_recall, m
+    assert m["invalid_rate"] == 0.0
+    assert 1 <= fitted.best_epoch <= 2
+
+
+def test_same_seed_same_recommendations(dataset, valid_rows):
+    histories = valid_rows[0][:50]
+    a = SASRecRecommender(SASRecConfig(**TINY)).fit(dataset, progress=False).recommend(histories)
+    b = SASRecRecommender(SASRecConfig(**TINY)).fit(dataset, progress=False).recommend(histories)
+    assert a == b
+
+
+def test_exclude_seen(fitted, valid_rows):
+    histories = valid_rows[0]
+    ranked = fitted.recommend(histories, k=10, exclude_seen=True)
+    assert all(not set(r) & set(h) for r, h in zip(ranked, histories))
+    assert all(len(r) == 10 for r in ranked)
+    # also histories longer than max_len (exclusion uses the whole history) and an empty one
+    long = [list(range(100)), []]
+    out = fitted.recommend(long, k=5, exclude_seen=True)
+    assert all(i >= 100 for i in out[0]) and len(out[1]) == 5
+
+
+def test_save_load_round_trip(fitted, valid_rows, tmp_path):
+    fitted.save(tmp_path / "m")
+    again = SASRecRecommender.load(tmp_path / "m")
+    assert again.recommend(valid_rows[0], k=10) == fitted.recommend(valid_rows[0], k=10)
+    assert again.config == fitted.config and again.n_items == fitted.n_items
+    with pytest.raises(GenrecError):
+        SASRecRecommender.load(tmp_path / "nothing")
+
+
+def test_run_sasrec_writes_metrics(demo_run, tmp_path):
+    run = copy_prepared(demo_run, tmp_path / "run")
+    metrics = run_sasrec(run, SASRecConfig(**TINY), split="test", max_users=100, progress=False)
+    path = run / "baselines" / "sasrec" / "metrics_test.json"
+    saved = json.loads(path.read_text())
+    for key in ("recall@10", "ndcg@10", "recall@5", "ndcg@5"):
+        assert key in metrics and saved[key] == metrics[key]
+    assert saved["users"] == 100 and saved["best_epoch"] == 1 and saved["config"]["hidden"] == 32
+    assert "train_seconds" in saved
+    assert (run / "baselines" / "sasrec" / "model.pt").is_file()
+    with pytest.raises(GenrecError):
+        run_sasrec(run, SASRecConfig(**TINY), split="train", progress=False)
