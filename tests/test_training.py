@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +152,28 @@ def test_lora_export_is_a_standalone_model(demo_run, tmp_path):
     rec = Recommender.from_folder(exported)
     out = rec.recommend([[0, 1, 2]], k=5, num_beams=10)
     assert len(out[0]) == 5 and all(r.item_id in catalog for r in out[0])
+
+    # the CLI on the exported run: recommend for chosen users, evaluate a split
+    users = PreparedDataset.load(run / "data").split("test")[:3]
+    (tmp_path / "users.txt").write_text("\n".join(u for u, _, _ in users) + "\n")
+    env_cmd = [sys.executable, "-m", "genrec.cli"]
+    res = subprocess.run(env_cmd + ["recommend", str(run), "--users", str(tmp_path / "users.txt"), "-k", "5",
+                                    "--num-beams", "5", "--fp32"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(x) for x in (run / "recommendations_test.jsonl").read_text().splitlines()]
+    assert [x["user_id"] for x in lines] == [u for u, _, _ in users]
+    assert all(len(x["items"]) == 5 and all(i["item_id"] in catalog and i["title"] for i in x["items"]) for x in lines)
+    scores = [i["score"] for i in lines[0]["items"]]
+    assert scores == sorted(scores, reverse=True)
+    res = subprocess.run(env_cmd + ["evaluate", str(run), "--max-users", "20", "-k", "5", "--num-beams", "5"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    result = json.loads((run / "eval" / "test.json").read_text())
+    assert result["users"] == 20 and result["genrec"]["invalid_rate"] == 0
+    assert {"recall@5", "ndcg@5", "mrr", "coverage@5"} <= set(result["genrec"]) and "popularity" in result
+    res = subprocess.run(env_cmd + ["recommend", str(run), "--users", str(tmp_path / "nope.txt")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "users file not found" in res.stderr
 
 
 @pytest.mark.slow
