@@ -209,3 +209,26 @@ def _near_tied(a, b, tol: float = 1e-4) -> bool:
         return False
     return all(abs(sa[i] - sb[i]) < tol for i in sa) and all(
         abs(x[1] - y[1]) < tol for x, y in zip(a, b))
+
+
+def test_qlora_trains_and_exports_a_plain_model(demo_run, tmp_path, smollm2_dir):
+    """4-bit (bitsandbytes nf4) base + LoRA on CPU: the adapters learn and the export loads without bnb."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    base = tmp_path / "tiny-base"
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+                     ).save_pretrained(base)
+    tok.save_pretrained(base)
+    run = copy_prepared(demo_run, tmp_path / "qlora")
+    cfg = _cfg(run, f"model.name={base}", "train.finetune=qlora", "train.max_steps=8", "train.lr=0.01",
+               "train.bf16=true")
+    trainer = Trainer(cfg, progress=False)
+    state = trainer.train()
+    losses = [json.loads(x)["loss"] for x in (run / "train" / "log.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert losses[-1] < losses[0], losses
+    exported = AutoModelForCausalLM.from_pretrained(run / "model")
+    assert not getattr(exported.config, "quantization_config", None)
+    assert state.evals[-1]["invalid_rate"] == 0

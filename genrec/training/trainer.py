@@ -386,6 +386,13 @@ class Trainer:
         model = self.model
         if hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()
+        if getattr(model, "hf_quantizer", None) is not None:
+            # QLoRA: the merged layers are still 4-bit; export plain weights so that
+            # from_pretrained and vLLM load the folder without bitsandbytes
+            model = model.dequantize()
+            model.config.quantization_config = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
         model.eval()
         info = {"best_step": state.best_step, "best_valid_ndcg@10": state.best_metric,
                 "steps": state.step, "stop_reason": state.stop_reason, "base_model": self.cfg.model.name,
