@@ -118,7 +118,9 @@ def recommend(run: Path = typer.Argument(..., help="Run folder with an exported 
               num_beams: int = typer.Option(20, help="Beam width."),
               exclude_seen: bool = typer.Option(False, help="Never return items from the history."),
               output: Optional[Path] = typer.Option(None, "-o", help="JSONL output (default RUN/recommendations_SPLIT.jsonl)."),
-              fp32: bool = typer.Option(False, help="Decode in fp32 instead of bf16.")) -> None:
+              fp32: bool = typer.Option(False, help="Decode in fp32 instead of bf16 (HF backend)."),
+              backend: str = typer.Option("hf", help="hf (transformers) or vllm (a vLLM engine, fp32)."),
+              batch_size: int = typer.Option(16, help="Users decoded together.")) -> None:
     """Top-k items per user as JSONL: user, ranked items (id, semantic ID, title, score)."""
     import torch
     from genrec.data import PreparedDataset
@@ -136,10 +138,20 @@ def recommend(run: Path = typer.Argument(..., help="Run folder with an exported 
             raise GenrecError(f"{len(unknown)} user id(s) not in the {split} split, e.g. {unknown[0]!r}",
                               "check the ids (they are the dataset's own user ids)")
         user_ids, histories = wanted, [histories[pos[u]] for u in wanted]
-    rec = Recommender.from_folder(run / "model")
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not fp32):
-        ranked = rec.recommend(histories, k=k, num_beams=num_beams, exclude=histories if exclude_seen else None,
+    if backend not in ("hf", "vllm"):
+        raise GenrecError(f"unknown backend {backend!r}", "use --backend hf or --backend vllm")
+    exclude = histories if exclude_seen else None
+    if backend == "vllm":
+        from genrec.serving.vllm_backend import VllmRecommender
+        rec = VllmRecommender(run / "model")
+        ranked = rec.recommend(histories, k=k, num_beams=num_beams, exclude=exclude, batch_size=batch_size,
                                progress=True)
+        rec.close()
+    else:
+        rec = Recommender.from_folder(run / "model")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not fp32):
+            ranked = rec.recommend(histories, k=k, num_beams=num_beams, exclude=exclude, batch_size=batch_size,
+                                   progress=True)
     out = output or run / f"recommendations_{split}.jsonl"
     tmp = out.with_suffix(out.suffix + ".tmp")
     with open(tmp, "w") as f:
@@ -172,6 +184,27 @@ def demo(config: Path = typer.Argument(Path("configs/demo.yaml"), help="YAML con
     """prepare -> tokenize -> fine-tune -> evaluate against popularity -> show a few users."""
     from genrec.demo import run_demo
     run_demo(_load(config, set_), config)
+
+
+@app.command("serve")
+def serve(run: Path = typer.Argument(..., help="Run folder with an exported model (or the RUN/model folder)."),
+          host: str = typer.Option("127.0.0.1", help="Address to bind (127.0.0.1: this machine only)."),
+          port: int = typer.Option(8000, help="TCP port."),
+          api_key: Optional[str] = typer.Option(None, envvar="GENREC_API_KEY",
+                                                help="Require `Authorization: Bearer KEY` (env GENREC_API_KEY)."),
+          model_name: Optional[str] = typer.Option(None, help="Model id clients use (default: the run folder's name)."),
+          max_beams: int = typer.Option(50, help="Largest k / n / beam width a request may ask for."),
+          num_beams: Optional[int] = typer.Option(None, help="Default beam width (default: the run's eval beam)."),
+          dtype: str = typer.Option("float32", help="float32 (same ranking as the HF backend) or bfloat16."),
+          max_model_len: int = typer.Option(2048, help="Longest prompt + ID in tokens.")) -> None:
+    """OpenAI-compatible server on vLLM: completions, chat, /v1/recommendations, catalog reload."""
+    from genrec.serving.server import serve as run_server
+    from genrec.serving.vllm_backend import EngineSettings
+    if not 1 <= port <= 65535:
+        raise GenrecError(f"port {port} is out of range", "use a port between 1 and 65535")
+    settings = EngineSettings(dtype=dtype, max_beams=max_beams, max_model_len=max_model_len)
+    run_server(run, host=host, port=port, api_key=api_key, model_name=model_name, settings=settings,
+               default_beams=num_beams)
 
 
 baseline_app = typer.Typer(no_args_is_help=True, help="Baselines in the same harness (splits, metrics).")

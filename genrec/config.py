@@ -154,7 +154,7 @@ class TrainConfig:
     bf16: bool = _f(True, "bf16 autocast for forward/backward (fp32 master weights).")
     eval_every: int = _f(200, "Validate every N optimizer steps (0: only at the end).")
     eval_users: int = _f(300, "Validation users sampled for each evaluation (0: all).")
-    save_every: int = _f(200, "Checkpoint every N optimizer steps (resume point).")
+    save_every: int = _f(200, "Checkpoint every N optimizer steps (resume point); 0: only at the end.")
     patience: int = _f(3, "Early stopping: evaluations without a better validation NDCG@10.")
     log_every: int = _f(10, "Progress-bar loss refresh and log line every N steps.")
 

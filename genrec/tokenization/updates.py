@@ -99,6 +99,29 @@ def remove_items(run: str | Path, item_ids: Sequence[str]) -> int:
 
 
 def _write_catalog(folder: Path, catalog: Catalog) -> None:
+    """Write the run's catalog, and the exported model's catalog + trie when there is one.
+
+    The exported folder (RUN/model) is what `genrec recommend` and `genrec serve` read, so
+    it follows every change; a server picks it up on `POST /v1/catalog/reload`.
+    """
+    _replace_catalog(folder, catalog)
+    model_dir = folder.parent / "model"
+    if (model_dir / "genrec.json").is_file():
+        from transformers import AutoTokenizer
+
+        from genrec.tokenization.trie import TRIE_FILE, ItemTrie
+
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        trie = ItemTrie(catalog.token_ids(tok), vocab_size=len(tok))
+        _replace_catalog(model_dir, catalog)
+        tmp = model_dir / ".trie.tmp"
+        tmp.mkdir(exist_ok=True)
+        trie.save(tmp)
+        (tmp / TRIE_FILE).replace(model_dir / TRIE_FILE)
+        tmp.rmdir()
+
+
+def _replace_catalog(folder: Path, catalog: Catalog) -> None:
     # write beside, then rename: a reader never sees half a catalog
     tmp = folder / ".catalog.tmp"
     tmp.mkdir(exist_ok=True)

@@ -353,7 +353,7 @@ class Trainer:
             if last:
                 state.finished = True
                 state.stop_reason = state.stop_reason or "all steps done"
-            if (state.step % self.tcfg.save_every == 0 or last) and self.rank == 0:
+            if ((self.tcfg.save_every > 0 and state.step % self.tcfg.save_every == 0) or last) and self.rank == 0:
                 self._save_checkpoint(state)
             if last:
                 break
