@@ -57,3 +57,41 @@ def copy_prepared(src: Path, dst: Path) -> Path:
         p = src / name
         (shutil.copytree if p.is_dir() else shutil.copy)(p, dst / name)
     return dst
+
+
+# a small scratch Llama trained briefly on the bundled set: a real exported run for serving tests
+TINY_TRAINED = [
+    "model.name=scratch", "model.scratch_hidden=128", "model.scratch_layers=2", "model.scratch_intermediate=256",
+    "train.finetune=full", "train.lr=0.003", "train.batch_size=32", "train.bf16=false", "train.max_steps=150",
+    "train.eval_every=0", "train.eval_users=40", "train.save_every=0", "train.log_every=50",
+    "train.tasks={next_item: 1.0}", "eval.num_beams=10", "eval.bf16=false", "data.max_history=8",
+]
+
+
+@pytest.fixture(scope="session")
+def trained_demo_run(demo_run, tmp_path_factory) -> Path:
+    """RUN with an exported model (RUN/model) trained for 150 steps; read-only for tests: copy it."""
+    from genrec.config import load_config
+    from genrec.training.trainer import Trainer
+
+    import torch
+
+    run = copy_prepared(demo_run, tmp_path_factory.mktemp("trained") / "run")
+    cfg = load_config(REPO / "configs" / "demo.yaml", [f"run_dir={run}", *TINY_TRAINED])
+    # one thread: a tiny model gains nothing from two, and two OpenMP threads on a busy
+    # 2-core machine run many times slower than one
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        Trainer(cfg, progress=False).train()
+    finally:
+        torch.set_num_threads(threads)
+    return run
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    """A writable copy of a whole run folder (data, tokenize, model)."""
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("train"))
+    return dst
