@@ -169,9 +169,22 @@ def evaluate(run: Path = typer.Argument(..., help="Run folder with an exported m
              max_users: int = typer.Option(0, help="Sample at most this many users (0: all)."),
              exclude_seen: bool = typer.Option(False, help="Never return items from the history."),
              fp32: bool = typer.Option(False, help="Decode in fp32 instead of bf16."),
-             seed: int = typer.Option(0, help="Seed for sampling users.")) -> None:
+             seed: int = typer.Option(0, help="Seed for sampling users."),
+             conversational: bool = typer.Option(False, help="Give the history as text (titles) instead of IDs: "
+                                                 "ID prompt vs resolved titles vs raw text prompt.")) -> None:
     """Recall@5/10, NDCG@5/10, MRR, invalid-item rate and coverage, beside popularity; saved in RUN/eval."""
     from genrec.evaluation.evaluate import evaluate_run, format_table
+    if conversational:
+        from genrec.evaluation.conversational import evaluate_conversational
+        res = evaluate_conversational(run, split, k=k, num_beams=num_beams, max_users=max_users or 300,
+                                      seed=seed, bf16=not fp32)
+        typer.echo(f"{split} split, {res['users']} users, beam {num_beams}; "
+                   f"{res['history_items_resolved']:.1%} of history titles resolved")
+        typer.echo("| prompt | " + " | ".join(f"recall@{x} | ndcg@{x}" for x in (5, k)) + " |")
+        for name in ("id_prompt_full", "id_prompt", "text_resolved", "text_prompt"):
+            m = res[name]
+            typer.echo(f"| {name} | " + " | ".join(f"{m[f'recall@{x}']:.4f} | {m[f'ndcg@{x}']:.4f}" for x in (5, k)) + " |")
+        return
     result = evaluate_run(run, split, k=k, num_beams=num_beams, max_users=max_users, seed=seed,
                           bf16=not fp32, exclude_seen=exclude_seen)
     typer.echo(f"{split} split, {result['users']} users, beam {num_beams}:")

@@ -29,6 +29,9 @@ SYSTEM_PROMPT = "You recommend items by their IDs."
 TASKS = ("next_item", "text_to_id", "id_to_text", "conversational")
 IGNORE_INDEX = -100
 
+#: A conversational request names at most this many liked titles (training and evaluation).
+CONVERSATION_ITEMS = 5
+
 
 @dataclass
 class Example:
@@ -136,9 +139,9 @@ class PromptFormatter:
         return f"{liked} {ask}".strip()
 
     def conversational(self, history: Sequence[int], target: int, rng: random.Random) -> Example:
-        """A request built from a few recent history titles (and the target's category, at times)."""
+        """A request built from 1-5 recent history titles (and the target's category, at times)."""
         recent = list(history)[-self.max_history:]
-        n = min(len(recent), rng.randint(1, 3))
+        n = min(len(recent), rng.randint(1, CONVERSATION_ITEMS))
         liked = [self.catalog.titles[i] for i in recent[-n:]]
         wish = None
         if self.categories is not None and rng.random() < 0.5 and self.categories[target]:
