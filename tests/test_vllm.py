@@ -90,3 +90,17 @@ def test_processor_keeps_greedy_sampling_and_lists_on_the_trie(trained_demo_run,
         assert sorted(i for i, _ in few) == allow[:3]
     finally:
         rec.close()
+
+
+def test_processor_is_installed_as_a_vllm_entry_point(trained_demo_run):
+    """vLLM loads entry-point processors into every engine; ours must be one and must import cleanly."""
+    from importlib.metadata import entry_points
+
+    from genrec.serving.vllm_backend import EngineSettings, processor_entry_point_installed
+    from genrec.serving.vllm_processor import TrieLogitsProcessor
+
+    eps = [ep for ep in entry_points(group="vllm.logits_processors") if ep.name == "genrec_trie"]
+    assert eps and eps[0].load() is TrieLogitsProcessor
+    assert processor_entry_point_installed()
+    # then genrec does not register it a second time (it would mask twice)
+    assert EngineSettings().engine_kwargs(trained_demo_run / "model")["logits_processors"] == []
