@@ -1,0 +1,230 @@
+"""Quality benchmark table: genrec runs and baselines side by side, from files in run folders.
+
+    .venv/bin/python bench/quality.py                      # rows from bench/quality_runs.yaml
+    .venv/bin/python bench/quality.py --runs bench/quality_runs.yaml --out bench/results/quality.md
+
+Every measured number is read from a run folder (nothing is recomputed here):
+
+* genrec rows (`kind: genrec`): RUN/eval/test_{EVAL}.json (written by `genrec evaluate` and
+  copied by `bench/quality_jobs.py genrec-eval`), RUN/eval/test_{EVAL}.prov.json (eval time,
+  commit), RUN/bench/train.json (train time, commit), RUN/config.yaml, RUN/manifest.json;
+* baseline rows (`kind: baseline`): RUN/baselines/NAME/metrics_test_{EVAL}.json and
+  RUN/baselines/NAME/provenance.json (`bench/quality_jobs.py sasrec|popularity`);
+* `kind: published` rows are typed into the YAML and marked "published, not run here".
+
+Several folders in one row (seeds) give mean ± sample standard deviation. The markdown goes
+to bench/results/quality.md (with the YAML's `commands` block at its top) and a bar plot
+to bench/results/quality.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import yaml
+
+METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Missing(Exception):
+    """A file a row needs is not there (its job did not run or did not finish)."""
+
+
+def _json(path: Path) -> dict:
+    if not path.is_file():
+        raise Missing(f"missing {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return json.loads(path.read_text())
+
+
+def _short(commit: str | None) -> str:
+    if not commit:
+        return "?"
+    dirty = commit.endswith("-dirty")
+    return commit[:7] + ("-dirty" if dirty else "")
+
+
+def _train_info(run: Path) -> dict:
+    """RUN/bench/train.json (quality_jobs.py train), else the wall-clock stamps that the shell
+    wrapper around `genrec train` wrote (RUN/train.start/.end, unix seconds) + RUN/train/state.json."""
+    if (run / "bench" / "train.json").is_file():
+        return _json(run / "bench" / "train.json")
+    start, end = (int((run / f"train.{x}").read_text().split()[0]) for x in ("start", "end"))
+    state = _json(run / "train" / "state.json")
+    model = _json(run / "manifest.json")["stages"]["model"]
+    return {"seconds": end - start, "steps": state["step"], "best_step": state["best_step"],
+            "commit": model.get("commit")}
+
+
+def _genrec_run(run: Path, eval_name: str) -> dict:
+    res = _json(run / "eval" / f"test_{eval_name}.json")
+    prov = _json(run / "eval" / f"test_{eval_name}.prov.json")
+    train = _train_info(run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    manifest = _json(run / "manifest.json")["stages"]
+    m = res["genrec"]
+    commits = {train.get("commit"), prov.get("commit"), manifest["model"].get("commit"),
+               manifest["tokenize"].get("commit")}
+    report = _json(run / "tokenize" / "report.json")
+    stats = _json(run / "data" / "stats.json")
+    log = [json.loads(line) for line in (run / "train" / "log.jsonl").read_text().splitlines() if line.strip()]
+    valid = [(e["step"], e["valid"]["ndcg@10"]) for e in log if "valid" in e]
+    losses = [(e["step"], e["loss"]) for e in log if "loss" in e]
+    pairs = stats["train_interactions"] - stats["users"]  # next-item examples per epoch (every prefix)
+    details = {"run": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run),
+               "quantizer": cfg["tokenize"]["quantizer"]["method"], "source": cfg["tokenize"]["embedding"]["source"],
+               "collision_rate": report["collision_rate"], "largest_group": report.get("largest_group"),
+               "levels": [lv["size"] for lv in report["levels"]],
+               "steps": train["steps"], "epochs": train["steps"] * cfg["train"]["batch_size"] / pairs,
+               "best_step": train["best_step"], "valid_ndcg10": valid,
+               "loss_first_last": (losses[0], losses[-1]) if losses else None,
+               "loss_tail_mean": (sum(l for _, l in losses[-10:]) / len(losses[-10:])) if losses else None,
+               "beams": res["num_beams"], "eval_s_per_user": m.get("seconds_per_user")}
+    return {"metrics": {k: m[k] for k in METRICS}, "invalid": m["invalid_rate"], "users": res["users"],
+            "details": details, "minutes": (train["seconds"] + prov["seconds"]) / 60, "seed": cfg["seed"],
+            "commits": sorted(_short(c) for c in commits if c), "beams": res["num_beams"],
+            "exclude_seen": res["exclude_seen"], "steps": train["steps"], "best_step": train["best_step"],
+            "train_min": train["seconds"] / 60, "eval_min": prov["seconds"] / 60}
+
+
+def _baseline_run(folder: Path, eval_name: str) -> dict:
+    m = _json(folder / f"metrics_test_{eval_name}.json")
+    prov = _json(folder / "provenance.json")
+    minutes = (prov.get("train_seconds", 0.0) + prov.get("eval_seconds", 0.0)) / 60
+    return {"metrics": {k: m[k] for k in METRICS}, "invalid": m["invalid_rate"], "users": m["users"],
+            "minutes": minutes, "seed": prov.get("seed"), "commits": [_short(prov.get("commit"))],
+            "exclude_seen": m.get("exclude_seen"), "best_epoch": prov.get("best_epoch")}
+
+
+def _fmt(values: list[float], digits: int = 4) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def collect(spec: dict, base: Path, strict: bool = True, skipped: list | None = None) -> list[dict]:
+    """One dict per table row: label columns + per-metric value lists."""
+    rows = []
+    skipped = [] if skipped is None else skipped
+    for entry in spec["rows"]:
+        kind = entry["kind"]
+        if kind == "published":
+            rows.append({"dataset": spec["dataset"], "system": entry["system"] + " (published, not run here)",
+                         "config": entry.get("config", ""), "seeds": "-", "users": "-", "minutes": "-",
+                         "commit": "-", "invalid": "-", "published": True,
+                         "values": {k: ([entry[k]] if k in entry else []) for k in METRICS}})
+            continue
+        for eval_name in entry["eval"]:
+            runs = []
+            try:
+                for folder in entry["runs"]:
+                    path = (base / folder).resolve()
+                    runs.append(_genrec_run(path, eval_name) if kind == "genrec" else _baseline_run(path, eval_name))
+            except Missing as e:
+                if strict:
+                    raise SystemExit(f"{e}: run the job that writes it (see bench/quality_jobs.py), or --skip-missing")
+                skipped.append(f"{entry['system']} [{eval_name}]: {e}")
+                continue
+            users = sorted({r["users"] for r in runs})
+            seeds = [r["seed"] for r in runs]
+            rows.append({
+                "dataset": spec["dataset"], "system": entry["system"], "config": entry.get("config", ""),
+                "seeds": ",".join("-" if s is None else str(s) for s in seeds),
+                "users": "/".join(f"{u:,}" for u in users),
+                "minutes": _fmt([r["minutes"] for r in runs], 1),
+                "commit": ", ".join(sorted({c for r in runs for c in r["commits"]})),
+                "invalid": _fmt([r["invalid"] for r in runs], 3), "published": False,
+                "values": {k: [r["metrics"][k] for r in runs] for k in METRICS},
+                "subset": eval_name, "details": [r.get("details") for r in runs if r.get("details")]})
+    return rows
+
+
+def markdown(spec: dict, rows: list[dict]) -> str:
+    out = [f"# {spec.get('title', 'Quality benchmark')}", ""]
+    if spec.get("commands"):
+        out += ["Commands (from the repository root; every heavy job with `OMP_NUM_THREADS=1 MKL_NUM_THREADS=1`):",
+                "", "```bash", spec["commands"].rstrip(), "```", ""]
+    if spec.get("notes_before"):
+        out += [spec["notes_before"].rstrip(), ""]
+    head = ["dataset", "system", "config", "seeds", "eval users", "R@5", "R@10", "N@5", "N@10", "invalid rate",
+            "train+eval min", "commit"]
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        vals = [(_fmt(r["values"][k]) if r["values"][k] else "-") for k in ("recall@5", "recall@10", "ndcg@5", "ndcg@10")]
+        out.append("| " + " | ".join([r["dataset"], r["system"], r["config"], r["seeds"], r["users"], *vals,
+                                      r["invalid"], r["minutes"], r["commit"]]) + " |")
+    out.append("")
+    out.append("Several seeds: mean ± sample standard deviation over the seeds. R = Recall (= HitRate with one "
+               "target), N = NDCG; leave-last-out, full ranking over the catalog, "
+               "`genrec/evaluation/metrics.py` for every measured row.")
+    det = [d for r in rows for d in r.get("details", [])]
+    if det:
+        out += ["", "genrec runs, read from the same folders (IDs: RUN/tokenize/report.json; training: "
+                "RUN/train/log.jsonl, validation = 300 sampled valid users, beam as in the config):", "",
+                "| run | IDs | collisions before disambiguation | steps (epochs of next-item examples) | "
+                "validation NDCG@10 by step | train loss (first -> mean of last 10 logs) | test beam | eval s/user |",
+                "|---|---|---|---|---|---|---|---|"]
+        for d in det:
+            curve = ", ".join(f"{s_}: {v:.4f}" for s_, v in d["valid_ndcg10"])
+            loss = (f"{d['loss_first_last'][0][1]:.2f} -> {d['loss_tail_mean']:.2f}" if d["loss_first_last"] else "-")
+            out.append(f"| {d['run']} | {d['quantizer']} over {d['source']}, levels {d['levels']} | "
+                       f"{d['collision_rate']:.2%} (largest group {d['largest_group']}) | {d['steps']} "
+                       f"({d['epochs']:.2f}) | {curve} | {loss} | {d['beams']} | {d['eval_s_per_user']:.3f} |")
+    if spec.get("notes"):
+        out += ["", spec["notes"].rstrip()]
+    return "\n".join(out) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    keys = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+    labels = []
+    for r in rows:
+        lab = r["system"].replace(" (published, not run here)", "\n(published)")
+        if not r["published"]:
+            lab += f"\n[{r['users']} users]"
+        labels.append(lab)
+    x = np.arange(len(keys))
+    width = 0.8 / max(1, len(rows))
+    fig, ax = plt.subplots(figsize=(max(9, 1.2 * len(rows) + 4), 5))
+    for i, r in enumerate(rows):
+        means = [statistics.mean(r["values"][k]) if r["values"][k] else 0.0 for k in keys]
+        errs = [statistics.stdev(r["values"][k]) if len(r["values"][k]) > 1 else 0.0 for k in keys]
+        ax.bar(x + (i - (len(rows) - 1) / 2) * width, means, width, yerr=errs if any(errs) else None, capsize=2, label=labels[i],
+               hatch="//" if r["published"] else None, edgecolor="black", linewidth=0.4)
+    ax.set_xticks(x, ["Recall@5", "Recall@10", "NDCG@5", "NDCG@10"])
+    ax.set_ylabel("test metric")
+    ax.set_title("Amazon Beauty 2014, leave-last-out, full ranking (hatched: published, not run here)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Collect the quality benchmark table from run folders.")
+    p.add_argument("--runs", default=str(ROOT / "bench" / "quality_runs.yaml"), help="YAML list of rows.")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.md"))
+    p.add_argument("--plot", default=str(ROOT / "bench" / "results" / "quality.png"))
+    p.add_argument("--skip-missing", action="store_true", help="leave out rows whose files are missing")
+    args = p.parse_args(argv)
+    spec = yaml.safe_load(Path(args.runs).read_text())
+    skipped: list[str] = []
+    rows = collect(spec, ROOT, strict=not args.skip_missing, skipped=skipped)
+    text = markdown(spec, rows)
+    if skipped:
+        text += "\nRows not in the table (their jobs did not finish):\n\n" + "".join(f"- {x}\n" for x in skipped)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
+    plot(rows, Path(args.plot))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
