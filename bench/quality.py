@@ -131,7 +131,9 @@ def collect(spec: dict, base: Path, strict: bool = True, skipped: list | None = 
             users = sorted({r["users"] for r in runs})
             seeds = [r["seed"] for r in runs]
             rows.append({
-                "dataset": spec["dataset"], "system": entry["system"], "config": entry.get("config", ""),
+                "dataset": spec["dataset"], "system": entry["system"],
+                "config": entry.get("config", "") + "".join(
+                    f"; best epoch {r['best_epoch']}" for r in runs if r.get("best_epoch")),
                 "seeds": ",".join("-" if s is None else str(s) for s in seeds),
                 "users": "/".join(f"{u:,}" for u in users),
                 "minutes": _fmt([r["minutes"] for r in runs], 1),

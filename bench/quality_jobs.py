@@ -47,6 +47,10 @@ def _dirty_files() -> list[str]:
     return [line[3:] for line in out.splitlines() if line.strip()]
 
 
+# the code a job runs is the code at its start (others may commit while it runs)
+_START_COMMIT, _START_DIRTY = git_commit(), _dirty_files()
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -73,7 +77,7 @@ def cmd_train(args) -> None:
     _write(run / "bench" / "train.json", {
         "command": " ".join(sys.argv), "started": started, "finished": _now(), "seconds": round(seconds, 1),
         "steps": state.step, "best_step": state.best_step, "best_valid_ndcg@10": state.best_metric,
-        "stop_reason": state.stop_reason, "commit": git_commit(), "dirty_files": _dirty_files()})
+        "stop_reason": state.stop_reason, "commit": _START_COMMIT, "dirty_files": _START_DIRTY, "commit_at_end": git_commit()})
     print(f"trained {state.step} steps in {seconds / 60:.1f} min ({state.stop_reason})")
 
 
@@ -89,7 +93,7 @@ def cmd_genrec_eval(args) -> None:
     shutil.copyfile(run / "eval" / "test.json", run / "eval" / f"test_{name}.json")
     _write(run / "eval" / f"test_{name}.prov.json", {
         "command": " ".join(sys.argv), "started": started, "seconds": round(seconds, 1),
-        "threads": torch.get_num_threads(), "commit": git_commit(), "dirty_files": _dirty_files()})
+        "threads": torch.get_num_threads(), "commit": _START_COMMIT, "dirty_files": _START_DIRTY, "commit_at_end": git_commit()})
     print(json.dumps(result["genrec"], indent=2))
 
 
@@ -123,7 +127,7 @@ def cmd_sasrec(args) -> None:
         "system": "SASRec (full-softmax CE)", "command": " ".join(sys.argv), "started": started,
         "train_seconds": round(fit_s, 1), "eval_seconds": round(time.perf_counter() - t1, 1),
         "best_epoch": rec.best_epoch, "best_valid_ndcg@10": rec.best_valid_ndcg, "seed": args.seed,
-        "threads": torch.get_num_threads(), "config": asdict(scfg), "commit": git_commit(), "dirty_files": _dirty_files()})
+        "threads": torch.get_num_threads(), "config": asdict(scfg), "commit": _START_COMMIT, "dirty_files": _START_DIRTY, "commit_at_end": git_commit()})
     print(json.dumps(metrics, indent=2))
 
 
@@ -145,7 +149,7 @@ def cmd_popularity(args) -> None:
         "system": "popularity (training counts" + (", seen items excluded)" if args.exclude_seen
                                                    else ", seen items not excluded)"),
         "command": " ".join(sys.argv), "train_seconds": 0.0, "eval_seconds": round(time.perf_counter() - t0, 1),
-        "seed": None, "commit": git_commit(), "dirty_files": _dirty_files()})
+        "seed": None, "commit": _START_COMMIT, "dirty_files": _START_DIRTY, "commit_at_end": git_commit()})
     print(json.dumps(metrics, indent=2))
 
 
