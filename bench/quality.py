@@ -199,7 +199,8 @@ def plot(rows: list[dict], path: Path) -> None:
         means = [statistics.mean(r["values"][k]) if r["values"][k] else 0.0 for k in keys]
         errs = [statistics.stdev(r["values"][k]) if len(r["values"][k]) > 1 else 0.0 for k in keys]
         ax.bar(x + (i - (len(rows) - 1) / 2) * width, means, width, yerr=errs if any(errs) else None, capsize=2, label=labels[i],
-               hatch="//" if r["published"] else None, edgecolor="black", linewidth=0.4)
+               hatch="//" if r["published"] else None, edgecolor="black", linewidth=0.4,
+               color=plt.get_cmap("tab20")(i % 20))
     ax.set_xticks(x, ["Recall@5", "Recall@10", "NDCG@5", "NDCG@10"])
     ax.set_ylabel("test metric")
     ax.set_title("Amazon Beauty 2014, leave-last-out, full ranking (hatched: published, not run here)")
