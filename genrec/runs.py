@@ -102,6 +102,9 @@ class RunFolder:
             shutil.rmtree(tmp)
         tmp.mkdir()
         record: dict[str, Any] = dict(info or {})
+        # the code that made the stage is the code at its start: a commit made while a long
+        # stage runs must not be credited with its output
+        started_commit = git_commit()
         try:
             yield tmp
         except BaseException:
@@ -117,7 +120,8 @@ class RunFolder:
         record.update({
             "files": file_hashes(final),
             "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "commit": git_commit(),
+            "commit": started_commit,
+            "commit_at_end": git_commit(),
         })
         manifest.setdefault("stages", {})[name] = record
         self._write_manifest(manifest)

@@ -33,7 +33,10 @@ def evaluate_run(run_dir: str | Path, split: str = "test", k: int = 10, num_beam
                  batch_size: int = 16, max_users: int = 0, seed: int = 0, bf16: bool = True,
                  exclude_seen: bool = False, progress: bool = True) -> dict:
     """Metrics of RUN/model and of the popularity baseline on ``split``; written to RUN/eval/SPLIT.json."""
+    from genrec.runs import git_commit
+
     run = Path(run_dir)
+    commit = git_commit()
     dataset = PreparedDataset.load(run / "data")
     rec = Recommender.from_folder(run / "model")
     users, histories, targets = split_rows(dataset, split, max_users, seed)
@@ -51,8 +54,9 @@ def evaluate_run(run_dir: str | Path, split: str = "test", k: int = 10, num_beam
     pop = PopularityRecommender(exclude_seen=exclude_seen).fit(
         [[index[i] for i in s] for s in dataset.train_sequences().values()], n_items)
     pop_metrics = evaluate_rankings(pop.recommend(histories, k), targets, n_items, ks=ks)
-    result = {"split": split, "users": len(users), "k": k, "num_beams": num_beams, "exclude_seen": exclude_seen,
-              "bf16": bf16, "genrec": model_metrics, "popularity": pop_metrics}
+    result = {"split": split, "users": len(users), "max_users": max_users, "user_sample_seed": seed, "k": k,
+              "num_beams": num_beams, "exclude_seen": exclude_seen, "bf16": bf16, "commit": commit,
+              "genrec": model_metrics, "popularity": pop_metrics}
     out = run / "eval"
     out.mkdir(exist_ok=True)
     (out / f"{split}.json").write_text(json.dumps(result, indent=2) + "\n")
