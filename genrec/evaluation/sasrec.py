@@ -205,18 +205,26 @@ class SASRecRecommender:
 
 
 def run_sasrec(run_dir: str | Path, config: SASRecConfig, split: str = "test", max_users: int = 0,
-               progress: bool = True) -> dict[str, Any]:
-    """Fit SASRec on RUN/data, score ``split``; write RUN/baselines/sasrec/metrics_{split}.json + model."""
+               progress: bool = True, sample_seed: int = 0) -> dict[str, Any]:
+    """Fit SASRec on RUN/data, score ``split``; write RUN/baselines/sasrec/metrics_{split}.json + model.
+
+    Model seeds other than 0 write to ``RUN/baselines/sasrec-seedN`` so seeds do not overwrite
+    each other. ``max_users`` samples users with ``sample_seed`` (not the model seed), the
+    sampler and default of ``genrec evaluate --max-users N --seed 0``, so rows compare.
+    """
+    from genrec.runs import git_commit
     if split not in SPLITS:  # before training, not after minutes of it
         raise GenrecError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
     run = Path(run_dir)
     dataset = PreparedDataset.load(run / "data")
+    commit = git_commit()
     rec = SASRecRecommender(config).fit(dataset, progress=progress)
-    _, histories, targets = split_rows(dataset, split, max_users, config.seed)
+    _, histories, targets = split_rows(dataset, split, max_users, sample_seed)
     metrics = evaluate_rankings(rec.recommend(histories, k=10), targets, dataset.n_items, ks=(5, 10))
-    out = run / "baselines" / "sasrec"
+    out = run / "baselines" / ("sasrec" if config.seed == 0 else f"sasrec-seed{config.seed}")
     rec.save(out)
-    report = {**metrics, "split": split, "best_epoch": rec.best_epoch,
+    report = {**metrics, "split": split, "users": len(targets), "max_users": max_users,
+              "user_sample_seed": sample_seed, "commit": commit, "best_epoch": rec.best_epoch,
               "best_valid_ndcg@10": rec.best_valid_ndcg, "train_seconds": round(rec.train_seconds, 3),
               "config": asdict(config)}
     (out / f"metrics_{split}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
