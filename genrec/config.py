@@ -141,6 +141,14 @@ class TrainConfig:
                      "Task mixture: copies per epoch of each task's pool (next_item/conversational: "
                      "history prefixes; text_to_id/id_to_text: catalog items).")
     with_titles: bool = _f(False, "Show item titles after IDs in history prompts (longer prompts).")
+    next_item_examples: str = _f("prefixes", "How next_item examples are cut from a user's training "
+                                 "items: `prefixes` (every prefix -> the item after it) or `windows` "
+                                 "(one per max_history items, ending at the last training item; ~6x "
+                                 "fewer examples per epoch on Beauty, use with history_loss).")
+    history_loss: float = _f(0.0, "Weight of an auxiliary loss on the ID tokens inside the history: each "
+                             "shown item after the first is predicted from the items before it (over the "
+                             "code tokens only), so one example trains every transition it shows, as "
+                             "SASRec does. 0 turns it off.")
     lr: float = _f(5e-4, "Peak learning rate (AdamW).")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     warmup_ratio: float = _f(0.05, "Share of steps with linear warm-up before the cosine decay.")

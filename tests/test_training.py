@@ -98,11 +98,71 @@ def test_collate_keeps_only_answer_logits(demo_run, smollm2_dir):
     assert (batch["attention_mask"][:, -1] == 1).all()
 
 
+def test_history_labels_mark_every_shown_item_but_the_first(demo_run, smollm2_dir):
+    fmt = _formatter(demo_run, smollm2_dir)
+    ids = fmt.catalog.token_ids(fmt.tokenizer)
+    ex = fmt.next_item([0, 1, 2], 5, history_labels=True)
+    labelled = [t for t in ex.history_labels if t != IGNORE_INDEX]
+    # items 1 and 2 in order; item 0 (nothing before it) and the answer (already in labels) are not
+    assert labelled == ids[1].tolist() + ids[2].tolist()
+    assert len(ex.history_labels) == len(ex.input_ids)
+    prompt_len = len(fmt.next_item_prompt([0, 1, 2]))
+    assert all(t == IGNORE_INDEX for t in ex.history_labels[prompt_len:])
+    # each labelled token sits where that token is
+    assert all(ex.input_ids[p] == t for p, t in enumerate(ex.history_labels) if t != IGNORE_INDEX)
+
+
+def test_windows_cover_each_transition_once(demo_run, smollm2_dir):
+    fmt = _formatter(demo_run, smollm2_dir)            # max_history 8
+    seq = list(range(20))
+    exs = training_examples(fmt, [seq], {"next_item": 1.0}, next_item_examples="windows", history_labels=True)
+    # answers 19 (history 11..18), 11 (3..10), 3 (0..2): every item after the first is an answer or
+    # a labelled history item exactly once
+    assert sorted(e.target for e in exs) == [3, 11, 19]
+    ids = fmt.catalog.token_ids(fmt.tokenizer)
+    by_tokens = {tuple(ids[i].tolist()): i for i in seq}
+    depth = ids.shape[1]
+    labelled = []
+    for e in exs:
+        tokens = [t for t in e.history_labels if t != IGNORE_INDEX]
+        labelled += [by_tokens[tuple(tokens[j:j + depth])] for j in range(0, len(tokens), depth)]
+    assert sorted(labelled + [3, 11, 19]) == list(range(1, 20))
+    assert len(training_examples(fmt, [seq], {"next_item": 1.0})) == 19        # prefixes
+
+
+def test_history_loss_is_code_only_cross_entropy(demo_run, smollm2_dir):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from genrec.training.trainer import answer_loss
+
+    fmt = _formatter(demo_run, smollm2_dir)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(fmt.tokenizer), hidden_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, intermediate_size=64))
+    exs = [fmt.next_item([0, 1, 2], 5, history_labels=True), fmt.next_item([3, 4], 6, history_labels=True)]
+    batch = collate(exs, fmt.tokenizer.eos_token_id, 512)
+    codes = torch.tensor(sorted(fmt.code_token_ids))
+    base = answer_loss(model, batch)
+    both = answer_loss(model, batch, codes, history_weight=0.5)
+    # by hand: full logits, restricted to the code columns, at the positions before each history ID token
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=batch["position_ids"]).logits
+    rows, cols = (batch["history_labels"] != IGNORE_INDEX).nonzero(as_tuple=True)
+    assert len(rows) == 4 * 3                              # three later history items of four codes
+    picked = logits[rows, cols - 1][:, codes]
+    target = torch.searchsorted(codes, batch["history_labels"][rows, cols])
+    expected = torch.nn.functional.cross_entropy(picked, target)
+    assert torch.allclose(both - base, 0.5 * expected, atol=1e-5)
+
+
 def test_unknown_task_and_finetune_are_clear_errors(demo_run):
     with pytest.raises(GenrecError, match="unknown task 'nextitem'"):
         Trainer(_cfg(demo_run, "train.tasks={nextitem: 1.0}"), progress=False)
     with pytest.raises(GenrecError, match="unknown train.finetune"):
         Trainer(_cfg(demo_run, "train.finetune=lorra"), progress=False)
+    with pytest.raises(GenrecError, match="unknown train.next_item_examples 'window'"):
+        Trainer(_cfg(demo_run, "train.next_item_examples=window"), progress=False)
 
 
 def test_killed_run_resumes_to_the_same_result(demo_run, tmp_path):

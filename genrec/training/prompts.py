@@ -22,11 +22,15 @@ import random
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import numpy as np
+
 from genrec.tokenization.catalog import Catalog
 
 # short on purpose: every prompt token is paid for in every training step and every beam
 SYSTEM_PROMPT = "You recommend items by their IDs."
 TASKS = ("next_item", "text_to_id", "id_to_text", "conversational")
+#: How next_item examples are cut from a training sequence (see training_examples).
+NEXT_ITEM_EXAMPLES = ("prefixes", "windows")
 IGNORE_INDEX = -100
 
 #: A conversational request names at most this many liked titles (training and evaluation).
@@ -42,12 +46,17 @@ class Example:
         labels: IGNORE_INDEX on the prompt, the answer ids on the answer.
         task: which task made it.
         target: the target item index for ID answers (else -1).
+        history_labels: for ``next_item`` examples made with history labels: the ID
+            tokens of every history item after the first shown one, IGNORE_INDEX
+            elsewhere (same length as ``input_ids``); the trainer's auxiliary loss
+            predicts each of them from the tokens before it. None otherwise.
     """
 
     input_ids: list[int]
     labels: list[int]
     task: str
     target: int = -1
+    history_labels: list[int] | None = None
 
 
 @dataclass
@@ -71,6 +80,7 @@ class PromptFormatter:
     max_text_chars: int = 200
     categories: Sequence[str] | None = None
     _eot: list[int] = field(default_factory=list, repr=False)
+    _codes: frozenset[int] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # the end-of-turn token the template closes an assistant message with
@@ -113,8 +123,38 @@ class PromptFormatter:
         """Prompt ids for recommending after ``history`` (catalog rows)."""
         return self.prompt_ids(self.next_item_text(history))
 
-    def next_item(self, history: Sequence[int], target: int) -> Example:
-        return self._example(self.next_item_text(history), self.catalog.sid(target), "next_item", target)
+    def next_item(self, history: Sequence[int], target: int, history_labels: bool = False) -> Example:
+        """History -> the target's ID; ``history_labels`` also labels the history's own IDs."""
+        ex = self._example(self.next_item_text(history), self.catalog.sid(target), "next_item", target)
+        if history_labels:
+            prompt_len = next(i for i, t in enumerate(ex.labels) if t != IGNORE_INDEX)
+            ex.history_labels = self._history_id_labels(ex.input_ids, prompt_len)
+        return ex
+
+    def _history_id_labels(self, input_ids: list[int], prompt_len: int) -> list[int]:
+        """Labels for the ID tokens inside the prompt, except the first shown item's.
+
+        A history item is a run of consecutive code tokens (IDs are separated by
+        ", " or by titles); the first run has no earlier item to be predicted from.
+        """
+        codes = self.code_token_ids
+        out = [IGNORE_INDEX] * len(input_ids)
+        runs, prev_code = 0, False
+        for pos in range(prompt_len):
+            is_code = input_ids[pos] in codes
+            if is_code and not prev_code:
+                runs += 1
+            if is_code and runs > 1:
+                out[pos] = input_ids[pos]
+            prev_code = is_code
+        return out
+
+    @property
+    def code_token_ids(self) -> frozenset[int]:
+        """Token ids of every code token of the catalog."""
+        if self._codes is None:
+            self._codes = frozenset(int(t) for t in np.unique(self.catalog.token_ids(self.tokenizer)))
+        return self._codes
 
     def text_to_id(self, item: int) -> Example:
         text = (self.catalog.texts[item] or self.catalog.titles[item])[: self.max_text_chars]
@@ -151,25 +191,43 @@ class PromptFormatter:
 
 
 def training_examples(fmt: PromptFormatter, train_sequences: Sequence[Sequence[int]],
-                      weights: dict[str, float], seed: int = 0, min_history: int = 1) -> list[Example]:
+                      weights: dict[str, float], seed: int = 0, min_history: int = 1,
+                      next_item_examples: str = "prefixes", history_labels: bool = False) -> list[Example]:
     """All training examples for one epoch, before shuffling.
 
-    ``next_item`` takes every prefix of every training sequence (history ->
-    following item), so only training items are ever targets or history; the
-    validation and test targets (the last two items of each user) never appear.
-    ``conversational`` samples that many per next-item example (weight 0.25 ->
-    a quarter as many); the text tasks cover each catalog item ``weight`` times
-    (fractions sample a subset).
+    ``next_item`` examples come from the training sequences only (the validation
+    and test targets, the last two items of each user, never appear), cut in one of
+    two ways:
+
+    * ``prefixes``: every prefix (history -> following item), so each transition is
+      an answer once; a user with n training items gives n - 1 examples.
+    * ``windows``: one example per ``max_history`` items, ending at the user's last
+      training item (history = the window before it). Meant for ``history_labels``,
+      which labels the ID tokens inside the history too, so one forward pass trains
+      every transition of the window, as SASRec does: ~6x fewer, slightly longer
+      examples per epoch on Beauty for the same transitions.
+
+    ``conversational`` samples that many per prefix (weight 0.25 -> a quarter as
+    many); the text tasks cover each catalog item ``weight`` times (fractions
+    sample a subset).
     """
     unknown = set(weights) - set(TASKS)
     if unknown:
         raise ValueError(f"unknown task(s) {sorted(unknown)}; tasks are {TASKS}")
+    if next_item_examples not in NEXT_ITEM_EXAMPLES:
+        raise ValueError(f"unknown next_item_examples {next_item_examples!r}; use one of {NEXT_ITEM_EXAMPLES}")
     rng = random.Random(seed)
     out: list[Example] = []
     pairs = [(seq[:t], seq[t]) for seq in train_sequences for t in range(min_history, len(seq))]
+    if next_item_examples == "windows":
+        span = fmt.max_history
+        answers = [(seq[max(0, t - span):t], seq[t]) for seq in train_sequences
+                   for t in range(len(seq) - 1, min_history - 1, -span)]
+    else:
+        answers = pairs
     w = weights.get("next_item", 1.0)
-    for hist, target in _sample(pairs, w, rng):
-        out.append(fmt.next_item(hist, target))
+    for hist, target in _sample(answers, w, rng):
+        out.append(fmt.next_item(hist, target, history_labels=history_labels))
     for hist, target in _sample(pairs, weights.get("conversational", 0.0), rng):
         out.append(fmt.conversational(hist, target, rng))
     items = list(range(len(fmt.catalog)))

@@ -47,7 +47,8 @@ from genrec.serving.recommender import PROMPT_FILE, Recommender
 from genrec.tokenization.catalog import Catalog
 from genrec.tokenization.stage import load_catalog
 from genrec.tokenization.trie import ItemTrie
-from genrec.training.prompts import IGNORE_INDEX, TASKS, Example, PromptFormatter, training_examples
+from genrec.training.prompts import (IGNORE_INDEX, NEXT_ITEM_EXAMPLES, TASKS, Example, PromptFormatter,
+                                     training_examples)
 from genrec.training.setup import build_model, category_strings
 
 FINETUNE_MODES = ("lora", "qlora", "full")
@@ -76,33 +77,75 @@ def _broadcast(obj):
 
 # -- batches ----------------------------------------------------------------------------------
 def collate(examples: list[Example], pad_id: int, max_len: int) -> dict[str, torch.Tensor | int]:
-    """Left-padded batch with labels, position ids and how many logits the loss needs."""
-    seqs, labels = [], []
+    """Left-padded batch with labels, position ids and how many logits the loss needs.
+
+    ``history_labels`` (when any example has them) is a tensor like ``labels`` for
+    the auxiliary loss on the history's ID tokens.
+    """
+    seqs, labels, hist = [], [], []
     for ex in examples:
-        ids, lab = ex.input_ids[-max_len:], ex.labels[-max_len:]
-        seqs.append(ids)
-        labels.append(lab)
+        seqs.append(ex.input_ids[-max_len:])
+        labels.append(ex.labels[-max_len:])
+        hist.append(ex.history_labels[-max_len:] if ex.history_labels is not None else None)
     input_ids, attention_mask = left_pad(seqs, pad_id)
-    label_t = torch.full_like(input_ids, IGNORE_INDEX)
-    for row, lab in enumerate(labels):
-        label_t[row, input_ids.shape[1] - len(lab):] = torch.tensor(lab)
+    label_t = _left_padded_labels(labels, input_ids.shape[1])
     # the first answer position of any row decides how many trailing logits are needed
     answer_cols = (label_t != IGNORE_INDEX).any(0).nonzero()
     keep = int(input_ids.shape[1] - answer_cols.min()) + 1 if len(answer_cols) else 1
     position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
-            "labels": label_t, "keep": min(keep, input_ids.shape[1])}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+             "labels": label_t, "keep": min(keep, input_ids.shape[1])}
+    if any(h is not None for h in hist):
+        batch["history_labels"] = _left_padded_labels([h or [] for h in hist], input_ids.shape[1])
+    return batch
 
 
-def answer_loss(model, batch: dict) -> torch.Tensor:
-    """Mean cross-entropy over answer tokens, computing logits only where answers are."""
+def _left_padded_labels(rows: list[list[int]], width: int) -> torch.Tensor:
+    out = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for r, lab in enumerate(rows):
+        if lab:
+            out[r, width - len(lab):] = torch.tensor(lab)
+    return out
+
+
+def answer_loss(model, batch: dict, code_ids: torch.Tensor | None = None,
+                history_weight: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy over answer tokens, computing logits only where answers are.
+
+    With ``history_weight`` > 0 and a batch holding ``history_labels``, adds that
+    weight times the cross-entropy of each history ID token predicted from the
+    tokens before it. Those logits are taken over ``code_ids`` only (rows of the
+    output head): an ID inside the history can only be a code token, and the full
+    vocabulary at every history position would cost ~6x the model's own forward.
+    """
     keep = batch["keep"]
+    aux = history_weight > 0 and "history_labels" in batch and code_ids is not None
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"], logits_to_keep=keep, use_cache=False)
+                position_ids=batch["position_ids"], logits_to_keep=keep, use_cache=False,
+                output_hidden_states=aux)
     logits = out.logits[:, :-1].float()                      # predicts the last keep-1 tokens
     targets = batch["labels"][:, -(keep - 1):] if keep > 1 else batch["labels"][:, :0]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                              ignore_index=IGNORE_INDEX)
+    if aux:
+        rows, cols = (batch["history_labels"] != IGNORE_INDEX).nonzero(as_tuple=True)
+        if len(rows):
+            hidden = out.hidden_states[-1][rows, cols - 1]      # the final-norm states before each ID token
+            code_logits = _code_logits(model, hidden, code_ids).float()
+            # position of each target token within code_ids
+            target_pos = torch.searchsorted(code_ids, batch["history_labels"][rows, cols])
+            loss = loss + history_weight * torch.nn.functional.cross_entropy(code_logits, target_pos)
+    return loss
+
+
+def _code_logits(model, hidden: torch.Tensor, code_ids: torch.Tensor) -> torch.Tensor:
+    """Output-head logits of ``hidden`` restricted to the (sorted) ``code_ids``."""
+    inner = model.module if hasattr(model, "module") else model       # DDP
+    head = inner.get_output_embeddings()
+    if isinstance(head, torch.nn.Linear):
+        bias = head.bias[code_ids] if head.bias is not None else None
+        return torch.nn.functional.linear(hidden, head.weight[code_ids], bias)
+    return head(hidden)[:, code_ids]       # wrapped heads (peft): full logits, then the code columns
 
 
 def lr_lambda(step: int, total: int, warmup: int) -> float:
@@ -134,6 +177,10 @@ def _config_hash(cfg: GenrecConfig) -> str:
     relevant = {k: d[k] for k in ("seed", "data", "tokenize", "model", "train")}
     relevant["train"] = {k: v for k, v in relevant["train"].items()
                          if k not in ("max_minutes", "log_every")}
+    # options added later count only when set, so checkpoints made before them still resume
+    for key, default in (("next_item_examples", "prefixes"), ("history_loss", 0.0)):
+        if relevant["train"].get(key) == default:
+            relevant["train"].pop(key)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -184,6 +231,12 @@ class Trainer:
         self.progress = progress and self.rank == 0
         if self.tcfg.finetune not in FINETUNE_MODES:
             raise GenrecError(f"unknown train.finetune {self.tcfg.finetune!r}", f"use one of {', '.join(FINETUNE_MODES)}")
+        if self.tcfg.next_item_examples not in NEXT_ITEM_EXAMPLES:
+            raise GenrecError(f"unknown train.next_item_examples {self.tcfg.next_item_examples!r}",
+                              f"use one of {', '.join(NEXT_ITEM_EXAMPLES)}")
+        if self.tcfg.history_loss < 0:
+            raise GenrecError(f"train.history_loss is {self.tcfg.history_loss}; it is a weight",
+                              "use 0 (off) or a positive weight such as 1.0")
         bad = set(self.tcfg.tasks) - set(TASKS)
         if bad:
             raise GenrecError(f"unknown task {sorted(bad)[0]!r} in train.tasks", f"tasks are {', '.join(TASKS)}")
@@ -202,7 +255,10 @@ class Trainer:
                                          categories=category_strings(self.dataset))
         index = self.dataset.item_index()
         self.train_seqs = [[index[i] for i in s] for s in self.dataset.train_sequences().values()]
-        self.examples = training_examples(self.formatter, self.train_seqs, self.tcfg.tasks, seed=self.cfg.seed)
+        self.examples = training_examples(self.formatter, self.train_seqs, self.tcfg.tasks, seed=self.cfg.seed,
+                                          next_item_examples=self.tcfg.next_item_examples,
+                                          history_labels=self.tcfg.history_loss > 0)
+        self._code_ids_t = torch.tensor(sorted(self.formatter.code_token_ids), dtype=torch.long)
         if not self.examples:
             raise GenrecError("no training examples (every user has fewer than 4 interactions?)",
                               "check the data section (k-core, dataset) or the train.tasks weights")
@@ -307,7 +363,8 @@ class Trainer:
             for micro in range(self.tcfg.grad_accum):
                 batch = collate(self._batch_for(state.step, micro), self.formatter_pad_id, self.tcfg.max_seq_len)
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.tcfg.bf16):
-                    loss = answer_loss(self.forward_model, batch) / self.tcfg.grad_accum
+                    loss = answer_loss(self.forward_model, batch, self._code_ids_t,
+                                       self.tcfg.history_loss) / self.tcfg.grad_accum
                 loss.backward()
                 loss_sum += loss.detach().item()
                 tokens_seen += int(batch["attention_mask"].sum())
