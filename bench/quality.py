@@ -59,6 +59,13 @@ def _train_info(run: Path) -> dict:
             "commit": model.get("commit")}
 
 
+def _window_count(run: Path, span: int) -> int:
+    """next_item examples per epoch under `train.next_item_examples: windows` (prompts.py)."""
+    from genrec.data import PreparedDataset
+    seqs = PreparedDataset.load(run / "data").train_sequences().values()
+    return sum(len(range(len(s) - 1, 0, -span)) for s in seqs)
+
+
 def _genrec_run(run: Path, eval_name: str) -> dict:
     res = _json(run / "eval" / f"test_{eval_name}.json")
     prov = _json(run / "eval" / f"test_{eval_name}.prov.json")
@@ -74,6 +81,8 @@ def _genrec_run(run: Path, eval_name: str) -> dict:
     valid = [(e["step"], e["valid"]["ndcg@10"]) for e in log if "valid" in e]
     losses = [(e["step"], e["loss"]) for e in log if "loss" in e]
     pairs = stats["train_interactions"] - stats["users"]  # next-item examples per epoch (every prefix)
+    if cfg["train"].get("next_item_examples") == "windows":
+        pairs = _window_count(run, cfg["data"]["max_history"])
     details = {"run": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run),
                "quantizer": cfg["tokenize"]["quantizer"]["method"], "source": cfg["tokenize"]["embedding"]["source"],
                "collision_rate": report["collision_rate"], "largest_group": report.get("largest_group"),
@@ -167,7 +176,8 @@ def markdown(spec: dict, rows: list[dict]) -> str:
         out += ["", "genrec runs, read from the same folders (IDs: RUN/tokenize/report.json; training: "
                 "RUN/train/log.jsonl, validation = 300 sampled valid users, beam as in the config):", "",
                 "| run | IDs | collisions before disambiguation | steps (epochs of next-item examples) | "
-                "validation NDCG@10 by step | train loss (first -> mean of last 10 logs) | test beam | eval s/user |",
+                "validation NDCG@10 by step | train loss (first -> mean of last 10 logs; with history loss: "
+                "answer + history terms) | test beam | eval s/user |",
                 "|---|---|---|---|---|---|---|---|"]
         for d in det:
             curve = ", ".join(f"{s_}: {v:.4f}" for s_, v in d["valid_ndcg10"])

@@ -9,6 +9,8 @@
     # baselines, scored on ALL test users and on the same subset as the genrec rows
     python bench/quality_jobs.py sasrec configs/beauty-scratch.yaml --seed 0 --max-users 2000
     python bench/quality_jobs.py popularity configs/beauty-scratch.yaml --max-users 2000
+    # a SASRec folder trained by `genrec baseline sasrec`, scored the same way
+    python bench/quality_jobs.py sasrec-eval configs/beauty-scratch.yaml runs/beauty-scratch/baselines/sasrec-seed1 --max-users 2000
 
 Why not only `genrec baseline sasrec`: it writes one fixed folder (RUN/baselines/sasrec), so
 seeds overwrite each other, it samples its evaluation subset with the *model* seed (seed 1
@@ -131,6 +133,35 @@ def cmd_sasrec(args) -> None:
     print(json.dumps(metrics, indent=2))
 
 
+def cmd_sasrec_eval(args) -> None:
+    """Score a SASRec folder trained elsewhere (`genrec baseline sasrec`) in this harness."""
+    import torch
+    from genrec.data import PreparedDataset
+    from genrec.evaluation.sasrec import SASRecRecommender
+    cfg = load_config(args.config, args.set)
+    folder = Path(args.folder)
+    rec = SASRecRecommender.load(folder)
+    trained = _json_or_empty(folder / "metrics_test.json")      # what `genrec baseline sasrec` recorded
+    dataset = PreparedDataset.load(Path(cfg.run_dir) / "data")
+    t1 = time.perf_counter()
+    metrics = _eval_baseline(lambda h: rec.recommend(h, k=10), dataset, args.max_users, args.subset_seed)
+    for name, m in metrics.items():
+        _write(folder / f"metrics_test_{name}.json", {**m, "split": "test", "exclude_seen": False})
+    _write(folder / "provenance.json", {
+        "system": "SASRec (full-softmax CE)", "command": " ".join(sys.argv),
+        "trained_by": "genrec baseline sasrec (see metrics_test.json)",
+        "train_seconds": trained.get("train_seconds", 0.0), "eval_seconds": round(time.perf_counter() - t1, 1),
+        "best_epoch": trained.get("best_epoch"), "best_valid_ndcg@10": trained.get("best_valid_ndcg@10"),
+        "seed": (trained.get("config") or {}).get("seed"), "threads": torch.get_num_threads(),
+        "config": trained.get("config"), "commit": trained.get("commit", _START_COMMIT),
+        "eval_commit": _START_COMMIT, "dirty_files": _START_DIRTY})
+    print(json.dumps(metrics, indent=2))
+
+
+def _json_or_empty(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def cmd_popularity(args) -> None:
     from genrec.data import PreparedDataset
     from genrec.evaluation.baselines import PopularityRecommender
@@ -165,19 +196,21 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--num-beams", type=int, default=20)
     e.add_argument("--batch-size", type=int, default=32)
-    for name in ("sasrec", "popularity"):
+    for name in ("sasrec", "popularity", "sasrec-eval"):
         b = sub.add_parser(name)
         b.add_argument("config")
+        if name == "sasrec-eval":
+            b.add_argument("folder", help="a trained SASRec folder (model.pt + sasrec.json)")
         b.add_argument("-s", "--set", action="append", default=[])
         b.add_argument("--max-users", type=int, default=0, help="also score this subset (genrec's)")
         b.add_argument("--subset-seed", type=int, default=0, help="seed of the subset (genrec evaluate --seed)")
         if name == "sasrec":
             b.add_argument("--seed", type=int, default=0)
             b.add_argument("--quiet", action="store_true")
-        else:
+        elif name == "popularity":
             b.add_argument("--exclude-seen", action="store_true")
     args = p.parse_args(argv)
-    {"train": cmd_train, "genrec-eval": cmd_genrec_eval, "sasrec": cmd_sasrec,
+    {"train": cmd_train, "genrec-eval": cmd_genrec_eval, "sasrec": cmd_sasrec, "sasrec-eval": cmd_sasrec_eval,
      "popularity": cmd_popularity}[args.cmd](args)
 
 
