@@ -37,6 +37,11 @@ class Recommendation:
     def to_dict(self) -> dict:
         return {"item_id": self.item_id, "sid": self.sid, "title": self.title, "score": round(self.score, 6)}
 
+    @classmethod
+    def rows(cls, catalog: Catalog, ranked: Sequence[tuple[int, float]]) -> list["Recommendation"]:
+        """One user's ranked (catalog row, score) pairs as recommendations."""
+        return [cls(catalog.item_ids[i], i, catalog.sid(i), catalog.titles[i], float(s)) for i, s in ranked]
+
 
 class Recommender:
     """Ranks catalog items for users with a fine-tuned causal LM.
@@ -99,9 +104,7 @@ class Recommender:
             exclusion = self.trie.exclusion([list(e) for e in exclude[start:stop]]) if exclude is not None else None
             ranked = constrained_beam_search(self.model, ids, mask, self.trie, num_beams=num_beams,
                                              top_k=k, exclusion=exclusion)
-            for row in ranked:
-                out.append([Recommendation(self.catalog.item_ids[i], i, self.catalog.sid(i),
-                                           self.catalog.titles[i], float(s)) for i, s in row])
+            out.extend(Recommendation.rows(self.catalog, row) for row in ranked)
             bar.update(stop - start)
         bar.close()
         return out

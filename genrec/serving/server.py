@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from genrec.errors import GenrecError
 from genrec.serving.conversation import ChatRequest, YearRange, read_conversation, render_answer
 from genrec.serving.engine import CatalogVersion, RecommendationEngine
+from genrec.serving.recommender import Recommendation
 
 _SID = re.compile(r"(?:<[a-z]_\d+>)+")
 
@@ -113,9 +114,7 @@ class ServerSettings:
 
 
 def _items(v: CatalogVersion, ranked: list[tuple[int, float]]) -> list[dict]:
-    c = v.catalog
-    return [{"item_id": c.item_ids[i], "sid": c.sid(i), "title": c.titles[i], "score": round(float(s), 6)}
-            for i, s in ranked]
+    return [r.to_dict() for r in Recommendation.rows(v.catalog, ranked)]
 
 
 def create_app(engine: RecommendationEngine, settings: ServerSettings):
@@ -187,14 +186,12 @@ def create_app(engine: RecommendationEngine, settings: ServerSettings):
             raise ApiError(400, f"num_beams={beams} must be between {param}={k} and {max_beams}", param="num_beams")
         return min(beams, max_beams)
 
-    def check_length(prompt: list[int], param: str = "prompt") -> None:
-        limit = engine.settings.context_length(engine.model_dir) - v_depth() - 1
+    def check_length(prompt: list[int], v: CatalogVersion, param: str = "prompt") -> None:
+        # room for the answer of the request's own catalog version (a reload may change the depth)
+        limit = engine.settings.context_length(engine.model_dir) - v.catalog.depth - 1
         if len(prompt) > limit:
             raise ApiError(400, f"the prompt is {len(prompt)} tokens; this server accepts at most {limit}",
                            param=param, code="context_length_exceeded")
-
-    def v_depth() -> int:
-        return engine.current.catalog.depth
 
     def rows_of(v: CatalogVersion, ids: list[str] | None, param: str) -> list[int]:
         rows, unknown = [], []
@@ -216,6 +213,19 @@ def create_app(engine: RecommendationEngine, settings: ServerSettings):
             in_range = {r for r, y in enumerate(v.years) if yr.allows(y)}
             allow = in_range if allow is None else allow & in_range
         return None if allow is None else sorted(allow)
+
+    def check_openai_request(body: CompletionBody | ChatBody) -> None:
+        check_model(body.model)
+        if body.stream:
+            raise ApiError(400, "streaming is not supported: items are ranked only when the search ends",
+                           param="stream")
+
+    def excluded_rows(v: CatalogVersion, filters: Filters | None, base: set[int]) -> list[int]:
+        """``base`` plus the filters' exclude_item_ids, as sorted catalog rows."""
+        exclude = set(base)
+        if filters and filters.exclude_item_ids:
+            exclude |= set(rows_of(v, filters.exclude_item_ids, "filters.exclude_item_ids"))
+        return sorted(exclude)
 
     async def rank(v, prompt, k, beams, exclude, allow):
         if allow is not None and not allow:
@@ -243,10 +253,7 @@ def create_app(engine: RecommendationEngine, settings: ServerSettings):
 
     @app.post("/v1/completions")
     async def completions(body: CompletionBody):
-        check_model(body.model)
-        if body.stream:
-            raise ApiError(400, "streaming is not supported: items are ranked only when the search ends",
-                           param="stream")
+        check_openai_request(body)
         v = engine.current
         beams = beams_for(body.n, body.num_beams, v, "n")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
@@ -258,13 +265,11 @@ def create_app(engine: RecommendationEngine, settings: ServerSettings):
             # a raw chat-templated prompt is used as is; anything else is put in the trained template
             ids = (engine.tokenizer(text, add_special_tokens=False)["input_ids"] if text.lstrip().startswith("<|")
                    else v.formatter.prompt_ids(text))
-            check_length(ids)
+            check_length(ids, v)
             used += len(ids)
             seen = [r for r in (v.catalog.index_of_sid(s) for s in _SID.findall(text)) if r is not None]
-            exclude = set(seen) if body.exclude_seen else set()
-            if body.filters and body.filters.exclude_item_ids:
-                exclude |= set(rows_of(v, body.filters.exclude_item_ids, "filters.exclude_item_ids"))
-            ranked = await rank(v, ids, body.n, beams, sorted(exclude), allow_list(v, body.filters))
+            exclude = excluded_rows(v, body.filters, set(seen) if body.exclude_seen else set())
+            ranked = await rank(v, ids, body.n, beams, exclude, allow_list(v, body.filters))
             for j, (row, score) in enumerate(ranked):
                 choices.append({"index": p_index * body.n + j, "text": v.catalog.sid(row), "logprobs": None,
                                 "finish_reason": "stop"})
@@ -276,10 +281,7 @@ def create_app(engine: RecommendationEngine, settings: ServerSettings):
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatBody):
-        check_model(body.model)
-        if body.stream:
-            raise ApiError(400, "streaming is not supported: items are ranked only when the search ends",
-                           param="stream")
+        check_openai_request(body)
         if body.n != 1:
             raise ApiError(400, "n must be 1 for chat; ask for more items with `k`", param="n")
         if not any(m.get("role") == "user" and m.get("content") for m in body.messages):
@@ -287,16 +289,14 @@ def create_app(engine: RecommendationEngine, settings: ServerSettings):
         v = engine.current
         beams = beams_for(body.k, body.num_beams, v, "k")
         req: ChatRequest = read_conversation(body.messages, v.titles)
-        exclude = set(req.exclude)
-        if body.filters and body.filters.exclude_item_ids:
-            exclude |= set(rows_of(v, body.filters.exclude_item_ids, "filters.exclude_item_ids"))
+        exclude = excluded_rows(v, body.filters, set(req.exclude))
         allow = allow_list(v, body.filters, req.years)
         if req.liked:
             prompt = v.formatter.next_item_prompt(req.liked)  # the task every run is trained on
         else:
             prompt = v.formatter.prompt_ids(req.last_user_text)
-        check_length(prompt, "messages")
-        ranked = await rank(v, prompt, body.k, beams, sorted(exclude), allow)
+        check_length(prompt, v, "messages")
+        ranked = await rank(v, prompt, body.k, beams, exclude, allow)
         content = render_answer(v.catalog, [r for r, _ in ranked], req.liked, req.years)
         out = envelope("chat.completion", len(prompt), len(ranked) * v.catalog.depth)
         c = v.catalog
@@ -328,11 +328,9 @@ def create_app(engine: RecommendationEngine, settings: ServerSettings):
             raise ApiError(400, "history is empty and there is no text: send item ids or a request in text",
                            param="history")
         prompt = (v.formatter.next_item_prompt(history) if history else v.formatter.prompt_ids(body.text or ""))
-        check_length(prompt, "history")
-        exclude = set(history) if body.exclude_seen else set()
-        if body.filters and body.filters.exclude_item_ids:
-            exclude |= set(rows_of(v, body.filters.exclude_item_ids, "filters.exclude_item_ids"))
-        ranked = await rank(v, prompt, body.k, beams, sorted(exclude), allow_list(v, body.filters, years))
+        check_length(prompt, v, "history")
+        exclude = excluded_rows(v, body.filters, set(history) if body.exclude_seen else set())
+        ranked = await rank(v, prompt, body.k, beams, exclude, allow_list(v, body.filters, years))
         return {"object": "recommendations", "model": settings.model_name, "catalog_version": v.version,
                 "items": _items(v, ranked), "unknown_item_ids": unknown,
                 "used_history": [v.catalog.item_ids[r] for r in history],

@@ -243,9 +243,7 @@ class VllmRecommender:
         prompts = [self.formatter.next_item_prompt(h) for h in histories]
         ranked = self.rank(prompts, k=k, num_beams=num_beams, exclude=exclude, batch_size=batch_size,
                            progress=progress)
-        c = self.catalog
-        return [[Recommendation(c.item_ids[i], i, c.sid(i), c.titles[i], float(s)) for i, s in row]
-                for row in ranked]
+        return [Recommendation.rows(self.catalog, row) for row in ranked]
 
     def close(self) -> None:
         """Stop the engine process now rather than at interpreter exit."""
