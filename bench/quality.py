@@ -121,7 +121,8 @@ def collect(spec: dict, base: Path, strict: bool = True, skipped: list | None = 
     for entry in spec["rows"]:
         kind = entry["kind"]
         if kind == "published":
-            rows.append({"dataset": spec["dataset"], "system": entry["system"] + " (published, not run here)",
+            rows.append({"dataset": entry.get("dataset", spec["dataset"]),
+                         "system": entry["system"] + " (published, not run here)",
                          "config": entry.get("config", ""), "seeds": "-", "users": "-", "minutes": "-",
                          "commit": "-", "invalid": "-", "published": True,
                          "values": {k: ([entry[k]] if k in entry else []) for k in METRICS}})
@@ -140,7 +141,7 @@ def collect(spec: dict, base: Path, strict: bool = True, skipped: list | None = 
             users = sorted({r["users"] for r in runs})
             seeds = [r["seed"] for r in runs]
             rows.append({
-                "dataset": spec["dataset"], "system": entry["system"],
+                "dataset": entry.get("dataset", spec["dataset"]), "system": entry["system"],
                 "config": entry.get("config", "") + "".join(
                     f"; best epoch {r['best_epoch']}" for r in runs if r.get("best_epoch")),
                 "seeds": ",".join("-" if s is None else str(s) for s in seeds),
@@ -190,7 +191,7 @@ def markdown(spec: dict, rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, dataset: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -213,7 +214,7 @@ def plot(rows: list[dict], path: Path) -> None:
                color=plt.get_cmap("tab20")(i % 20))
     ax.set_xticks(x, ["Recall@5", "Recall@10", "NDCG@5", "NDCG@10"])
     ax.set_ylabel("test metric")
-    ax.set_title("Amazon Beauty 2014, leave-last-out, full ranking (hatched: published, not run here)")
+    ax.set_title(f"{dataset}, leave-last-out, full ranking (hatched: published, not run here)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -235,7 +236,8 @@ def main(argv: list[str] | None = None) -> None:
         text += "\nRows not in the table (their jobs did not finish):\n\n" + "".join(f"- {x}\n" for x in skipped)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
-    plot(rows, Path(args.plot))
+    # the plot shows the main dataset's rows (one chart, one catalog); other datasets are in the table
+    plot([r for r in rows if r["dataset"] == spec["dataset"]], Path(args.plot), spec["dataset"])
     print(text)
 
 

@@ -62,8 +62,9 @@ def _write(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
-def _subset_name(max_users: int, seed: int) -> str:
-    return "all" if not max_users else f"u{max_users}_s{seed}"
+def _subset_name(max_users: int, seed: int, exclude_seen: bool = False) -> str:
+    # seen-item exclusion gets its own files: the table's default protocol keeps seen items
+    return ("all" if not max_users else f"u{max_users}_s{seed}") + ("_xseen" if exclude_seen else "")
 
 
 def cmd_train(args) -> None:
@@ -89,9 +90,9 @@ def cmd_genrec_eval(args) -> None:
     run = Path(args.run)
     started, t0 = _now(), time.perf_counter()
     result = evaluate_run(run, split="test", num_beams=args.num_beams, max_users=args.max_users, seed=args.seed,
-                          batch_size=args.batch_size, progress=False)
+                          batch_size=args.batch_size, exclude_seen=args.exclude_seen, progress=False)
     seconds = time.perf_counter() - t0
-    name = _subset_name(args.max_users, args.seed)
+    name = _subset_name(args.max_users, args.seed, args.exclude_seen)
     shutil.copyfile(run / "eval" / "test.json", run / "eval" / f"test_{name}.json")
     _write(run / "eval" / f"test_{name}.prov.json", {
         "command": " ".join(sys.argv), "started": started, "seconds": round(seconds, 1),
@@ -99,13 +100,14 @@ def cmd_genrec_eval(args) -> None:
     print(json.dumps(result["genrec"], indent=2))
 
 
-def _eval_baseline(recommend, dataset, max_users: int, seed: int) -> dict[str, dict]:
+def _eval_baseline(recommend, dataset, max_users: int, seed: int, exclude_seen: bool = False) -> dict[str, dict]:
     from genrec.evaluation.evaluate import split_rows
     from genrec.evaluation.metrics import evaluate_rankings
     out = {}
     for mu in ([0, max_users] if max_users else [0]):
         _, histories, targets = split_rows(dataset, "test", mu, seed)
-        out[_subset_name(mu, seed)] = evaluate_rankings(recommend(histories), targets, dataset.n_items, ks=(5, 10))
+        out[_subset_name(mu, seed, exclude_seen)] = evaluate_rankings(recommend(histories), targets,
+                                                                      dataset.n_items, ks=(5, 10))
     return out
 
 
@@ -144,12 +146,16 @@ def cmd_sasrec_eval(args) -> None:
     trained = _json_or_empty(folder / "metrics_test.json")      # what `genrec baseline sasrec` recorded
     dataset = PreparedDataset.load(Path(cfg.run_dir) / "data")
     t1 = time.perf_counter()
-    metrics = _eval_baseline(lambda h: rec.recommend(h, k=10), dataset, args.max_users, args.subset_seed)
+    metrics = _eval_baseline(lambda h: rec.recommend(h, k=10, exclude_seen=args.exclude_seen), dataset,
+                             args.max_users, args.subset_seed, args.exclude_seen)
     for name, m in metrics.items():
-        _write(folder / f"metrics_test_{name}.json", {**m, "split": "test", "exclude_seen": False})
+        _write(folder / f"metrics_test_{name}.json", {**m, "split": "test", "exclude_seen": args.exclude_seen})
+    if args.exclude_seen and (folder / "provenance.json").is_file():
+        print(json.dumps(metrics, indent=2))   # extra files next to a folder that already has its provenance
+        return
     _write(folder / "provenance.json", {
         "system": "SASRec (full-softmax CE)", "command": " ".join(sys.argv),
-        "trained_by": "genrec baseline sasrec (see metrics_test.json)",
+        "trained_by": "genrec baseline sasrec (see metrics_test.json)" if trained else "bench/quality_jobs.py sasrec",
         "train_seconds": trained.get("train_seconds", 0.0), "eval_seconds": round(time.perf_counter() - t1, 1),
         "best_epoch": trained.get("best_epoch"), "best_valid_ndcg@10": trained.get("best_valid_ndcg@10"),
         "seed": (trained.get("config") or {}).get("seed"), "threads": torch.get_num_threads(),
@@ -196,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--num-beams", type=int, default=20)
     e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--exclude-seen", action="store_true", help="never recommend history items (files *_xseen)")
     for name in ("sasrec", "popularity", "sasrec-eval"):
         b = sub.add_parser(name)
         b.add_argument("config")
@@ -207,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         if name == "sasrec":
             b.add_argument("--seed", type=int, default=0)
             b.add_argument("--quiet", action="store_true")
-        elif name == "popularity":
+        else:
             b.add_argument("--exclude-seen", action="store_true")
     args = p.parse_args(argv)
     {"train": cmd_train, "genrec-eval": cmd_genrec_eval, "sasrec": cmd_sasrec, "sasrec-eval": cmd_sasrec_eval,
