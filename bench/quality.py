@@ -62,8 +62,8 @@ def _train_info(run: Path) -> dict:
 def _window_count(run: Path, span: int) -> int:
     """next_item examples per epoch under `train.next_item_examples: windows` (prompts.py)."""
     from genrec.data import PreparedDataset
-    seqs = PreparedDataset.load(run / "data").train_sequences().values()
-    return sum(len(range(len(s) - 1, 0, -span)) for s in seqs)
+    from genrec.training.prompts import next_item_pairs
+    return len(next_item_pairs(list(PreparedDataset.load(run / "data").train_sequences().values()), "windows", span))
 
 
 def _genrec_run(run: Path, eval_name: str) -> dict:

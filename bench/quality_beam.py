@@ -3,7 +3,6 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/quality_beam.py runs/beauty-scratch 500 10 20 40
 """
-# beam-width probe on a fixed user subset; writes nothing into run folders
 import json, sys, time, torch
 from genrec.data import PreparedDataset
 from genrec.evaluation.evaluate import split_rows

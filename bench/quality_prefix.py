@@ -25,6 +25,5 @@ print("mean distinct first codes in a top-10:", statistics.mean(len({codes(it['s
 # target in history (repeat purchase)?
 hist = {u: set(h) for u, h, _ in ds.split("test")}
 print("targets already in history:", sum(tgt[u] in hist[u] for u in tgt) / len(tgt))
-sid2item = {v: k for k, v in sid.items()}
 seen = sum(sum(it["item_id"] in hist[r["user_id"]] for it in r["items"]) for r in rows)
 print("share of top-10 slots that are history items:", seen / (10 * n))

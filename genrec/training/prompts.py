@@ -22,8 +22,6 @@ import random
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import numpy as np
-
 from genrec.tokenization.catalog import Catalog
 
 # short on purpose: every prompt token is paid for in every training step and every beam
@@ -153,7 +151,7 @@ class PromptFormatter:
     def code_token_ids(self) -> frozenset[int]:
         """Token ids of every code token of the catalog."""
         if self._codes is None:
-            self._codes = frozenset(int(t) for t in np.unique(self.catalog.token_ids(self.tokenizer)))
+            self._codes = frozenset(self.tokenizer.convert_tokens_to_ids(self.catalog.code_tokens()))
         return self._codes
 
     def text_to_id(self, item: int) -> Example:
@@ -214,17 +212,11 @@ def training_examples(fmt: PromptFormatter, train_sequences: Sequence[Sequence[i
     unknown = set(weights) - set(TASKS)
     if unknown:
         raise ValueError(f"unknown task(s) {sorted(unknown)}; tasks are {TASKS}")
-    if next_item_examples not in NEXT_ITEM_EXAMPLES:
-        raise ValueError(f"unknown next_item_examples {next_item_examples!r}; use one of {NEXT_ITEM_EXAMPLES}")
     rng = random.Random(seed)
     out: list[Example] = []
-    pairs = [(seq[:t], seq[t]) for seq in train_sequences for t in range(min_history, len(seq))]
-    if next_item_examples == "windows":
-        span = fmt.max_history
-        answers = [(seq[max(0, t - span):t], seq[t]) for seq in train_sequences
-                   for t in range(len(seq) - 1, min_history - 1, -span)]
-    else:
-        answers = pairs
+    pairs = next_item_pairs(train_sequences, "prefixes", fmt.max_history, min_history)
+    answers = pairs if next_item_examples == "prefixes" else next_item_pairs(
+        train_sequences, next_item_examples, fmt.max_history, min_history)
     w = weights.get("next_item", 1.0)
     for hist, target in _sample(answers, w, rng):
         out.append(fmt.next_item(hist, target, history_labels=history_labels))
@@ -236,6 +228,21 @@ def training_examples(fmt: PromptFormatter, train_sequences: Sequence[Sequence[i
     for item in _sample(items, weights.get("id_to_text", 0.0), rng):
         out.append(fmt.id_to_text(item))
     return out
+
+
+def next_item_pairs(train_sequences: Sequence[Sequence[int]], how: str = "prefixes", span: int = 20,
+                    min_history: int = 1) -> list[tuple[Sequence[int], int]]:
+    """(history, target) pairs cut from training sequences (see training_examples).
+
+    ``prefixes``: every prefix and the item after it. ``windows``: one pair per
+    ``span`` items, the last one ending at the sequence's last item.
+    """
+    if how not in NEXT_ITEM_EXAMPLES:
+        raise ValueError(f"unknown next_item_examples {how!r}; use one of {NEXT_ITEM_EXAMPLES}")
+    if how == "windows":
+        return [(seq[max(0, t - span):t], seq[t]) for seq in train_sequences
+                for t in range(len(seq) - 1, min_history - 1, -span)]
+    return [(seq[:t], seq[t]) for seq in train_sequences for t in range(min_history, len(seq))]
 
 
 def _sample(pool: list, weight: float, rng: random.Random) -> list:

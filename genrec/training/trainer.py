@@ -258,7 +258,7 @@ class Trainer:
         self.examples = training_examples(self.formatter, self.train_seqs, self.tcfg.tasks, seed=self.cfg.seed,
                                           next_item_examples=self.tcfg.next_item_examples,
                                           history_labels=self.tcfg.history_loss > 0)
-        self._code_ids_t = torch.tensor(sorted(self.formatter.code_token_ids), dtype=torch.long)
+        self._code_ids_t = torch.tensor(sorted(self.code_ids), dtype=torch.long)  # build_model's code rows
         if not self.examples:
             raise GenrecError("no training examples (every user has fewer than 4 interactions?)",
                               "check the data section (k-core, dataset) or the train.tasks weights")
