@@ -247,6 +247,7 @@ def baseline_popularity(config: Path = typer.Argument(..., help="YAML config (it
     from genrec.evaluation.baselines import PopularityRecommender
     from genrec.evaluation.evaluate import split_rows
     from genrec.evaluation.metrics import evaluate_rankings
+    from genrec.runs import git_commit
     cfg = _load(config, set_)
     ds = PreparedDataset.load(Path(cfg.run_dir) / "data")
     index = ds.item_index()
@@ -256,7 +257,8 @@ def baseline_popularity(config: Path = typer.Argument(..., help="YAML config (it
     m = evaluate_rankings(pop.recommend(histories, k), targets, ds.n_items, ks=tuple(x for x in (5, 10) if x <= k))
     out = Path(cfg.run_dir) / "baselines" / "popularity"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"metrics_{split}.json").write_text(json.dumps({**m, "split": split, "exclude_seen": exclude_seen}, indent=2) + "\n")
+    (out / f"metrics_{split}.json").write_text(json.dumps({**m, "split": split, "exclude_seen": exclude_seen,
+                                                                  "commit": git_commit()}, indent=2) + "\n")
     typer.echo(json.dumps(m, indent=2))
 
 

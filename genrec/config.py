@@ -154,8 +154,13 @@ class TrainConfig:
     warmup_ratio: float = _f(0.05, "Share of steps with linear warm-up before the cosine decay.")
     epochs: float = _f(1.0, "Passes over the training examples (fractions allowed).")
     max_steps: int = _f(0, "Stop after this many optimizer steps (0: from epochs).")
-    max_minutes: float = _f(0.0, "Stop training after this many minutes (0: no limit); the "
-                            "schedule still follows epochs/max_steps.")
+    max_minutes: float = _f(0.0, "Time budget: stop training after this many minutes of the training "
+                            "loop, counted over resumes (0: no limit). The schedule follows "
+                            "epochs/max_steps unless anneal_by_time is set.")
+    anneal_by_time: bool = _f(False, "With max_minutes: the cosine decay also follows the time budget, "
+                              "whichever of steps and budget ends first, so a run cut by time ends at "
+                              "the low learning rate instead of a high one. The learning rate then "
+                              "depends on the machine's speed: such runs are not bit-reproducible.")
     batch_size: int = _f(16, "Examples per forward pass.")
     grad_accum: int = _f(1, "Forward passes per optimizer step.")
     max_seq_len: int = _f(256, "Longest example in tokens (longer prompts lose their oldest tokens).")
@@ -165,6 +170,9 @@ class TrainConfig:
     save_every: int = _f(200, "Checkpoint every N optimizer steps (resume point); 0: only at the end.")
     patience: int = _f(3, "Early stopping: evaluations without a better validation NDCG@10.")
     log_every: int = _f(10, "Progress-bar loss refresh and log line every N steps.")
+    num_threads: int = _f(0, "torch CPU threads while training and validating (0: torch's default, "
+                          "which follows OMP_NUM_THREADS). One thread per job measured fastest when "
+                          "two jobs share a 2-core machine.")
 
 
 @dataclass

@@ -15,6 +15,7 @@ from conftest import REPO, copy_prepared, shared_dataset
 from genrec.config import load_config
 from genrec.data import prepare_stage
 from genrec.errors import GenrecError
+from genrec.runs import git_commit
 from genrec.tokenization.catalog import Catalog
 from genrec.tokenization.stage import load_catalog, tokenize_stage
 from genrec.tokenization.trie import ItemTrie
@@ -133,3 +134,4 @@ def test_cli_popularity_baseline_writes_metrics(demo_run, tmp_path):
     assert out.returncode == 0, out.stderr
     metrics = json.loads((run / "baselines" / "popularity" / "metrics_valid.json").read_text())
     assert metrics["users"] == 4333 and 0 < metrics["recall@10"] < 0.5 and metrics["invalid_rate"] == 0
+    assert metrics["commit"].split("-")[0] == git_commit().split("-")[0]  # provenance, as genrec runs have

@@ -191,6 +191,23 @@ def test_killed_run_resumes_to_the_same_result(demo_run, tmp_path):
         Trainer(_cfg(c, "train.max_steps=6", "train.lr=0.01"), progress=False).train()
 
 
+def test_time_budget_ends_at_the_low_learning_rate(demo_run, tmp_path):
+    # 100,000 planned steps cannot run in 1.2 s: the budget stops the run. With anneal_by_time the
+    # schedule has followed the clock to its floor (0.1 x peak); without it the run is cut in warm-up.
+    lrs = {}
+    for anneal in (True, False):
+        run = copy_prepared(demo_run, tmp_path / f"anneal-{anneal}")
+        state = Trainer(_cfg(run, "train.max_steps=100000", "train.max_minutes=0.02",
+                             f"train.anneal_by_time={str(anneal).lower()}", "train.save_every=0"),
+                        progress=False).train()
+        assert state.stop_reason.startswith("time budget") and 0 < state.step < 100000
+        assert state.minutes >= 0.02
+        blob = torch.load(run / "train" / "checkpoint" / "checkpoint.pt", weights_only=False)
+        lrs[anneal] = blob["scheduler"]["_last_lr"][0]
+    assert lrs[True] == pytest.approx(0.1 * 0.003)
+    assert lrs[False] < 0.1 * 0.003        # still warming up: (step + 1) / 5,000 of the peak
+
+
 def test_lora_export_is_a_standalone_model(demo_run, tmp_path):
     run = copy_prepared(demo_run, tmp_path / "lora")
     cfg = _cfg(run, "train.finetune=lora", "train.max_steps=3", "train.lr=0.01")

@@ -148,8 +148,12 @@ def _code_logits(model, hidden: torch.Tensor, code_ids: torch.Tensor) -> torch.T
     return head(hidden)[:, code_ids]       # wrapped heads (peft): full logits, then the code columns
 
 
-def lr_lambda(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up to 1, then cosine decay to 0.1 of the peak."""
+def lr_lambda(step: float, total: int, warmup: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0.1 of the peak.
+
+    ``step`` may be fractional: with ``train.anneal_by_time`` the trainer passes the share of
+    the time budget spent, in steps, when it is ahead of the step count.
+    """
     if step < warmup:
         return (step + 1) / max(1, warmup)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -169,6 +173,7 @@ class TrainState:
     config_hash: str = ""
     finished: bool = False
     stop_reason: str = ""
+    minutes: float = 0.0   # wall-clock minutes of the training loop so far, over all resumes
 
 
 def _config_hash(cfg: GenrecConfig) -> str:
@@ -176,9 +181,9 @@ def _config_hash(cfg: GenrecConfig) -> str:
     d = cfg.to_dict()
     relevant = {k: d[k] for k in ("seed", "data", "tokenize", "model", "train")}
     relevant["train"] = {k: v for k, v in relevant["train"].items()
-                         if k not in ("max_minutes", "log_every")}
+                         if k not in ("max_minutes", "log_every", "num_threads")}
     # options added later count only when set, so checkpoints made before them still resume
-    for key, default in (("next_item_examples", "prefixes"), ("history_loss", 0.0)):
+    for key, default in (("next_item_examples", "prefixes"), ("history_loss", 0.0), ("anneal_by_time", False)):
         if relevant["train"].get(key) == default:
             relevant["train"].pop(key)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -248,6 +253,8 @@ class Trainer:
 
     # -- pieces -----------------------------------------------------------------------------
     def _setup(self) -> None:
+        if self.tcfg.num_threads:
+            torch.set_num_threads(self.tcfg.num_threads)   # process-wide: a training process does only this
         torch.manual_seed(self.cfg.seed)
         self.tokenizer, self.model, self.code_ids = build_model(self.cfg, self.catalog)
         self.formatter = PromptFormatter(self.tokenizer, self.catalog, max_history=self.cfg.data.max_history,
@@ -274,8 +281,12 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=self.tcfg.lr, weight_decay=self.tcfg.weight_decay,
                                            fused=True)
         warmup = int(self.tcfg.warmup_ratio * self.total_steps)
+        # train.anneal_by_time: the loop sets the share of the time budget spent; the schedule runs
+        # on whichever is further along, the steps or the clock (warm-up included)
+        self._time_share = 0.0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_lambda(s, self.total_steps, warmup))
+            self.optimizer, lambda s: lr_lambda(max(s, self._time_share * self.total_steps),
+                                                self.total_steps, warmup))
         self.trie = ItemTrie(self.catalog.token_ids(self.tokenizer), vocab_size=len(self.tokenizer))
         self.forward_model = self.model
         if self.world > 1:
@@ -353,7 +364,9 @@ class Trainer:
             return state
         log = open(self.dir / ("log.jsonl" if self.rank == 0 else f"log.rank{self.rank}.jsonl"), "a")
         self.model.train()
-        t_start = time.perf_counter()
+        t_start = time.perf_counter() - 60 * state.minutes   # a time budget spans resumes
+        budget = self.tcfg.max_minutes
+        anneal_by_time = bool(budget) and self.tcfg.anneal_by_time
         bar = tqdm(total=self.total_steps, initial=state.step, desc="training", unit="step",
                    disable=not self.progress)
         tokens_seen, examples_seen, t_last = 0, 0, time.perf_counter()
@@ -371,6 +384,10 @@ class Trainer:
                 examples_seen += batch["input_ids"].shape[0]
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
             self.optimizer.step()
+            # one clock for all ranks: they must agree on the learning rate and on a time-budget stop
+            state.minutes = _broadcast((time.perf_counter() - t_start) / 60)
+            if anneal_by_time:
+                self._time_share = min(1.0, state.minutes / budget)
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             state.step += 1
@@ -385,9 +402,8 @@ class Trainer:
                                       "tokens": tokens_seen}) + "\n")
                 log.flush()
                 examples_seen, t_last = 0, now
-            out_of_time = self.tcfg.max_minutes and (time.perf_counter() - t_start) / 60 >= self.tcfg.max_minutes
+            out_of_time = bool(budget) and state.minutes >= budget
             last = state.step == self.total_steps or out_of_time
-            last = _broadcast(bool(last))  # ranks must agree on a time-budget stop
             if (self.tcfg.eval_every and state.step % self.tcfg.eval_every == 0) or last:
                 metrics = _broadcast(self.evaluate() if self.rank == 0 else None)
                 metrics["step"] = state.step
