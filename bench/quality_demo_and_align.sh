@@ -12,9 +12,7 @@ for s in 0 1 2; do .venv/bin/python bench/quality_jobs.py sasrec configs/demo.ya
 .venv/bin/python bench/quality_jobs.py genrec-eval $d --max-users 2000 --seed 0 > $d/eval_u2000.log 2>&1
 # Beauty, 10 min: text-only IDs + history loss (windows) + the text_to_id alignment task (without it: runs/beauty-hl-10min-text)
 a=runs/beauty-hl-10min-text-align
-mkdir -p $a && cp -r runs/beauty-hl-10min-text/{data,tokenize} $a/ && .venv/bin/python - <<PY
-import json; m=json.load(open('runs/beauty-hl-10min-text/manifest.json')); m['stages'].pop('model',None); json.dump(m,open('$a/manifest.json','w'),indent=2)
-PY
+.venv/bin/python bench/quality_jobs.py copy-stages runs/beauty-hl-10min-text $a || exit 1
 A=(-s run_dir=$a -s tokenize.embedding.source=text -s train.max_steps=480 -s train.max_minutes=25 -s train.eval_every=240 -s train.save_every=240 -s train.history_loss=1.0 -s train.next_item_examples=windows -s "train.tasks={next_item: 1.0, text_to_id: 1.0, id_to_text: 0.0, conversational: 0.0}")
 .venv/bin/python bench/quality_jobs.py train configs/beauty-scratch.yaml "${A[@]}" > $a/train.log 2>&1 || exit 1
 .venv/bin/python bench/quality_jobs.py genrec-eval $a --max-users 2000 --seed 0 > $a/eval_u2000.log 2>&1

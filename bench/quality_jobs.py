@@ -190,6 +190,22 @@ def cmd_popularity(args) -> None:
     print(json.dumps(metrics, indent=2))
 
 
+def cmd_copy_stages(args) -> None:
+    """Start a run folder from another run's data/ and tokenize/ (not its model), so ablations that only
+    change training reuse the same split and semantic IDs instead of rebuilding them."""
+    import shutil
+    src, dst = Path(args.src), Path(args.dst)
+    if (dst / "tokenize").exists():
+        print(f"{dst} already holds tokenize/: left as it is")
+        return
+    dst.mkdir(parents=True, exist_ok=True)
+    for stage in ("data", "tokenize"):
+        shutil.copytree(src / stage, dst / stage)
+    manifest = json.loads((src / "manifest.json").read_text())
+    manifest["stages"].pop("model", None)
+    _write(dst / "manifest.json", manifest)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -216,9 +232,12 @@ def main(argv: list[str] | None = None) -> None:
             b.add_argument("--quiet", action="store_true")
         else:
             b.add_argument("--exclude-seen", action="store_true")
+    c = sub.add_parser("copy-stages")
+    c.add_argument("src")
+    c.add_argument("dst")
     args = p.parse_args(argv)
     {"train": cmd_train, "genrec-eval": cmd_genrec_eval, "sasrec": cmd_sasrec, "sasrec-eval": cmd_sasrec_eval,
-     "popularity": cmd_popularity}[args.cmd](args)
+     "popularity": cmd_popularity, "copy-stages": cmd_copy_stages}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,10 @@
 #!/bin/bash
 # ~75-min Beauty run with text-only semantic IDs + history loss (windows): bench/quality_text_ids.sh NAME STEPS [-s overrides]
-# (data/, tokenize/ and manifest.json copied from runs/beauty-hl-10min-text, made by bench/quality_ablation_source.sh text)
+# (data/ and tokenize/ from runs/beauty-hl-10min-text, made by bench/quality_ablation_source.sh text)
 name=$1; steps=$2; shift 2
 d=runs/$name
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-if [ ! -d $d/tokenize ]; then
-  mkdir -p $d && cp -r runs/beauty-hl-10min-text/{data,tokenize,manifest.json} $d/ && .venv/bin/python - <<PY
-import json; p='$d/manifest.json'; m=json.load(open(p)); m['stages'].pop('model',None); json.dump(m,open(p,'w'),indent=2)
-PY
-fi
+.venv/bin/python bench/quality_jobs.py copy-stages runs/beauty-hl-10min-text $d || exit 1
 O=(-s run_dir=$d -s tokenize.embedding.source=text -s train.max_steps=$steps -s train.max_minutes=80 -s train.eval_every=$((steps/4)) -s train.save_every=$((steps/4)) -s train.history_loss=1.0 -s train.next_item_examples=windows "$@")
 .venv/bin/python bench/quality_jobs.py train configs/beauty-scratch.yaml "${O[@]}" > $d/train.log 2>&1 || exit 1
 .venv/bin/python bench/quality_jobs.py genrec-eval $d --max-users 2000 --seed 0 > $d/eval_u2000.log 2>&1
