@@ -124,6 +124,11 @@ class ModelConfig:
     scratch_heads: int = _f(4, "`scratch`: attention heads.")
     scratch_kv_heads: int = _f(2, "`scratch`: key/value heads.")
     scratch_intermediate: int = _f(512, "`scratch`: MLP width.")
+    dropout: float = _f(0.0, "Dropout while training, for Llama-style models (scratch or loaded): on "
+                        "the token embeddings, on each decoder layer's attention and MLP outputs before "
+                        "they join the residual stream, and on the attention weights. HF Llama has no "
+                        "dropout of its own; SASRec uses 0.2-0.5 on small sets. Never active in "
+                        "evaluation or serving; the saved model has none. 0 turns it off.")
 
 
 @dataclass

@@ -208,6 +208,43 @@ def test_time_budget_ends_at_the_low_learning_rate(demo_run, tmp_path):
     assert lrs[False] < 0.1 * 0.003        # still warming up: (step + 1) / 5,000 of the peak
 
 
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_dropout_acts_only_while_training(demo_run, tmp_path, finetune):
+    run = copy_prepared(demo_run, tmp_path / finetune)
+    plain = Trainer(_cfg(run, f"train.finetune={finetune}"), progress=False)
+    plain._setup()
+    dropped = Trainer(_cfg(run, f"train.finetune={finetune}", "model.dropout=0.3"), progress=False)
+    dropped._setup()
+    batch = collate([dropped.formatter.next_item([0, 1, 2], 3)], dropped.tokenizer.eos_token_id, 256)
+    ids = batch["input_ids"]
+    with torch.no_grad():
+        dropped.model.train()
+        a, b = dropped.model(input_ids=ids).logits, dropped.model(input_ids=ids).logits
+        assert not torch.allclose(a, b)                      # a fresh mask per pass
+        plain.model.train()
+        assert torch.equal(plain.model(input_ids=ids).logits, plain.model(input_ids=ids).logits)
+        dropped.model.eval()
+        plain.model.eval()
+        # same seed, same weights: evaluation sees exactly the model without dropout
+        assert torch.allclose(dropped.model(input_ids=ids).logits, plain.model(input_ids=ids).logits)
+    # the setting is part of what training produces: a run cannot resume another's checkpoint
+    from genrec.training.trainer import _config_hash
+    assert _config_hash(dropped.cfg) != _config_hash(plain.cfg)
+    with pytest.raises(GenrecError, match="model.dropout is 1.0"):
+        Trainer(_cfg(run, "model.dropout=1.0"), progress=False)._setup()
+
+
+def test_dropout_model_saves_as_plain_llama(demo_run, tmp_path):
+    run = copy_prepared(demo_run, tmp_path / "drop")
+    trainer = Trainer(_cfg(run, "train.max_steps=4", "model.dropout=0.2"), progress=False)
+    trainer.train()
+    saved = AutoModelForCausalLM.from_pretrained(run / "model").eval()
+    batch = collate([trainer.formatter.next_item([0, 1, 2], 3)], trainer.tokenizer.eos_token_id, 256)
+    saved.train()   # even in train mode the loaded model has no hooks: identical passes
+    with torch.no_grad():
+        assert torch.equal(saved(input_ids=batch["input_ids"]).logits, saved(input_ids=batch["input_ids"]).logits)
+
+
 def test_lora_export_is_a_standalone_model(demo_run, tmp_path):
     run = copy_prepared(demo_run, tmp_path / "lora")
     cfg = _cfg(run, "train.finetune=lora", "train.max_steps=3", "train.lr=0.01")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from genrec.config import GenrecConfig
+from genrec.errors import GenrecError
 from genrec.tokenization.catalog import Catalog
 from genrec.tokenization.vocab import resize_model_for_catalog
 from genrec.training.models import load_tokenizer, resolve_model
@@ -39,6 +41,38 @@ def _scratch_model(cfg: GenrecConfig, vocab_size: int):
     return LlamaForCausalLM(config)
 
 
+def add_dropout(model, p: float) -> None:
+    """Train-time dropout on a Llama-style model that has none (HF Llama only has attention dropout).
+
+    Dropout goes on the token embeddings and on each decoder layer's attention and MLP outputs
+    (where they join the residual stream, as in GPT-2/nanoGPT), plus on the attention weights.
+    It is added with forward hooks, so the saved weights and config stay a plain Llama; every hook
+    follows ``module.training``, so evaluation and serving never drop anything.
+    """
+    if not 0.0 <= p < 1.0:
+        raise GenrecError(f"model.dropout is {p}; it is a probability",
+                          "use 0 (off) or a value such as 0.1-0.3")
+    if p == 0.0:
+        return
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = getattr(getattr(base, "model", None), "layers", None)
+    if layers is None or not all(hasattr(l, "self_attn") and hasattr(l, "mlp") for l in layers):
+        raise GenrecError(f"model.dropout needs a Llama-style model (decoder layers with self_attn and mlp); "
+                          f"{type(base).__name__} has none", "set model.dropout=0 for this model")
+
+    def drop_output(module, args, output):
+        if isinstance(output, tuple):   # attention returns (output, weights)
+            return (F.dropout(output[0], p, module.training),) + tuple(output[1:])
+        return F.dropout(output, p, module.training)
+
+    base.get_input_embeddings().register_forward_hook(drop_output)
+    for layer in layers:
+        layer.self_attn.register_forward_hook(drop_output)
+        layer.mlp.register_forward_hook(drop_output)
+        if hasattr(layer.self_attn, "attention_dropout"):
+            layer.self_attn.attention_dropout = p   # read in forward only while training
+
+
 def build_model(cfg: GenrecConfig, catalog: Catalog):
     """(tokenizer, model ready to train, code token ids) for the run's config."""
     mcfg, tcfg = cfg.model, cfg.train
@@ -68,6 +102,7 @@ def build_model(cfg: GenrecConfig, catalog: Catalog):
     if tcfg.finetune == "full":
         for p in model.parameters():
             p.requires_grad_(True)
+        add_dropout(model, mcfg.dropout)
         return tokenizer, model, code_ids
     from peft import LoraConfig, get_peft_model
 
@@ -79,4 +114,6 @@ def build_model(cfg: GenrecConfig, catalog: Catalog):
                       # the new code-token rows are trained; the rest of the vocabulary stays frozen
                       trainable_token_indices={"embed_tokens": list(code_ids)})
     model = get_peft_model(model, lcfg)
+    # hooks go on last: resizing and peft replace the embedding module they would sit on
+    add_dropout(model, mcfg.dropout)
     return tokenizer, model, code_ids

@@ -186,6 +186,8 @@ def _config_hash(cfg: GenrecConfig) -> str:
     for key, default in (("next_item_examples", "prefixes"), ("history_loss", 0.0), ("anneal_by_time", False)):
         if relevant["train"].get(key) == default:
             relevant["train"].pop(key)
+    if relevant["model"].get("dropout") == 0.0:
+        relevant["model"].pop("dropout")
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
