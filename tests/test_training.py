@@ -209,29 +209,31 @@ def test_time_budget_ends_at_the_low_learning_rate(demo_run, tmp_path):
 
 
 @pytest.mark.parametrize("finetune", ["full", "lora"])
-def test_dropout_acts_only_while_training(demo_run, tmp_path, finetune):
-    run = copy_prepared(demo_run, tmp_path / finetune)
-    plain = Trainer(_cfg(run, f"train.finetune={finetune}"), progress=False)
-    plain._setup()
-    dropped = Trainer(_cfg(run, f"train.finetune={finetune}", "model.dropout=0.3"), progress=False)
-    dropped._setup()
-    batch = collate([dropped.formatter.next_item([0, 1, 2], 3)], dropped.tokenizer.eos_token_id, 256)
-    ids = batch["input_ids"]
-    with torch.no_grad():
-        dropped.model.train()
-        a, b = dropped.model(input_ids=ids).logits, dropped.model(input_ids=ids).logits
-        assert not torch.allclose(a, b)                      # a fresh mask per pass
-        plain.model.train()
-        assert torch.equal(plain.model(input_ids=ids).logits, plain.model(input_ids=ids).logits)
-        dropped.model.eval()
-        plain.model.eval()
-        # same seed, same weights: evaluation sees exactly the model without dropout
-        assert torch.allclose(dropped.model(input_ids=ids).logits, plain.model(input_ids=ids).logits)
-    # the setting is part of what training produces: a run cannot resume another's checkpoint
+def test_dropout_acts_only_while_training(demo_run, finetune):
+    from genrec.training.setup import build_model
     from genrec.training.trainer import _config_hash
-    assert _config_hash(dropped.cfg) != _config_hash(plain.cfg)
+
+    catalog = load_catalog(demo_run)
+    plain_cfg = _cfg(demo_run, f"train.finetune={finetune}")
+    drop_cfg = _cfg(demo_run, f"train.finetune={finetune}", "model.dropout=0.3")
+    tok, plain, _ = build_model(plain_cfg, catalog)
+    _, dropped, _ = build_model(drop_cfg, catalog)
+    formatter = PromptFormatter(tok, catalog, max_history=8)
+    ids = collate([formatter.next_item([0, 1, 2], 3)], tok.eos_token_id, 256)["input_ids"]
+    with torch.no_grad():
+        dropped.train()
+        a, b = dropped(input_ids=ids).logits, dropped(input_ids=ids).logits
+        assert not torch.allclose(a, b)                      # a fresh mask per pass
+        plain.train()
+        assert torch.equal(plain(input_ids=ids).logits, plain(input_ids=ids).logits)
+        dropped.eval()
+        plain.eval()
+        # same seed, same weights: evaluation sees exactly the model without dropout
+        assert torch.allclose(dropped(input_ids=ids).logits, plain(input_ids=ids).logits)
+    # the setting is part of what training produces: a run cannot resume another's checkpoint
+    assert _config_hash(drop_cfg) != _config_hash(plain_cfg)
     with pytest.raises(GenrecError, match="model.dropout is 1.0"):
-        Trainer(_cfg(run, "model.dropout=1.0"), progress=False)._setup()
+        Trainer(_cfg(demo_run, "model.dropout=1.0"), progress=False)
 
 
 def test_dropout_model_saves_as_plain_llama(demo_run, tmp_path):

@@ -41,6 +41,13 @@ def _scratch_model(cfg: GenrecConfig, vocab_size: int):
     return LlamaForCausalLM(config)
 
 
+def check_dropout(p: float) -> None:
+    """A clear error for a `model.dropout` that is not a probability (before any model is built)."""
+    if not 0.0 <= p < 1.0:
+        raise GenrecError(f"model.dropout is {p}; it is a probability",
+                          "use 0 (off) or a value such as 0.1-0.3")
+
+
 def add_dropout(model, p: float) -> None:
     """Train-time dropout on a Llama-style model that has none (HF Llama only has attention dropout).
 
@@ -49,9 +56,7 @@ def add_dropout(model, p: float) -> None:
     It is added with forward hooks, so the saved weights and config stay a plain Llama; every hook
     follows ``module.training``, so evaluation and serving never drop anything.
     """
-    if not 0.0 <= p < 1.0:
-        raise GenrecError(f"model.dropout is {p}; it is a probability",
-                          "use 0 (off) or a value such as 0.1-0.3")
+    check_dropout(p)
     if p == 0.0:
         return
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -49,7 +49,7 @@ from genrec.tokenization.stage import load_catalog
 from genrec.tokenization.trie import ItemTrie
 from genrec.training.prompts import (IGNORE_INDEX, NEXT_ITEM_EXAMPLES, TASKS, Example, PromptFormatter,
                                      training_examples)
-from genrec.training.setup import build_model, category_strings
+from genrec.training.setup import build_model, category_strings, check_dropout
 
 FINETUNE_MODES = ("lora", "qlora", "full")
 
@@ -244,6 +244,7 @@ class Trainer:
         if self.tcfg.history_loss < 0:
             raise GenrecError(f"train.history_loss is {self.tcfg.history_loss}; it is a weight",
                               "use 0 (off) or a positive weight such as 1.0")
+        check_dropout(cfg.model.dropout)
         bad = set(self.tcfg.tasks) - set(TASKS)
         if bad:
             raise GenrecError(f"unknown task {sorted(bad)[0]!r} in train.tasks", f"tasks are {', '.join(TASKS)}")
