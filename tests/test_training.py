@@ -21,7 +21,8 @@ from genrec.serving.recommender import Recommender
 from genrec.tokenization.stage import load_catalog, tokenize_stage
 from genrec.tokenization.vocab import add_semantic_id_tokens
 from genrec.training.prompts import IGNORE_INDEX, PromptFormatter, training_examples
-from genrec.training.trainer import Trainer, collate
+from genrec.training.setup import build_model
+from genrec.training.trainer import Trainer, _config_hash, collate
 
 from conftest import copy_prepared
 
@@ -210,9 +211,6 @@ def test_time_budget_ends_at_the_low_learning_rate(demo_run, tmp_path):
 
 @pytest.mark.parametrize("finetune", ["full", "lora"])
 def test_dropout_acts_only_while_training(demo_run, finetune):
-    from genrec.training.setup import build_model
-    from genrec.training.trainer import _config_hash
-
     catalog = load_catalog(demo_run)
     plain_cfg = _cfg(demo_run, f"train.finetune={finetune}")
     drop_cfg = _cfg(demo_run, f"train.finetune={finetune}", "model.dropout=0.3")
@@ -240,7 +238,7 @@ def test_dropout_model_saves_as_plain_llama(demo_run, tmp_path):
     run = copy_prepared(demo_run, tmp_path / "drop")
     trainer = Trainer(_cfg(run, "train.max_steps=4", "model.dropout=0.2"), progress=False)
     trainer.train()
-    saved = AutoModelForCausalLM.from_pretrained(run / "model").eval()
+    saved = AutoModelForCausalLM.from_pretrained(run / "model")
     batch = collate([trainer.formatter.next_item([0, 1, 2], 3)], trainer.tokenizer.eos_token_id, 256)
     saved.train()   # even in train mode the loaded model has no hooks: identical passes
     with torch.no_grad():

@@ -107,8 +107,14 @@ def build_model(cfg: GenrecConfig, catalog: Catalog):
     if tcfg.finetune == "full":
         for p in model.parameters():
             p.requires_grad_(True)
-        add_dropout(model, mcfg.dropout)
-        return tokenizer, model, code_ids
+    else:
+        model = _add_lora(model, tcfg, code_ids)
+    # hooks go on last: resizing and peft replace the embedding module they would sit on
+    add_dropout(model, mcfg.dropout)
+    return tokenizer, model, code_ids
+
+
+def _add_lora(model, tcfg, code_ids):
     from peft import LoraConfig, get_peft_model
 
     if tcfg.finetune == "qlora":
@@ -118,7 +124,4 @@ def build_model(cfg: GenrecConfig, catalog: Catalog):
                       target_modules=list(tcfg.lora_targets), task_type="CAUSAL_LM",
                       # the new code-token rows are trained; the rest of the vocabulary stays frozen
                       trainable_token_indices={"embed_tokens": list(code_ids)})
-    model = get_peft_model(model, lcfg)
-    # hooks go on last: resizing and peft replace the embedding module they would sit on
-    add_dropout(model, mcfg.dropout)
-    return tokenizer, model, code_ids
+    return get_peft_model(model, lcfg)

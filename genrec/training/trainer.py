@@ -183,11 +183,10 @@ def _config_hash(cfg: GenrecConfig) -> str:
     relevant["train"] = {k: v for k, v in relevant["train"].items()
                          if k not in ("max_minutes", "log_every", "num_threads")}
     # options added later count only when set, so checkpoints made before them still resume
-    for key, default in (("next_item_examples", "prefixes"), ("history_loss", 0.0), ("anneal_by_time", False)):
-        if relevant["train"].get(key) == default:
-            relevant["train"].pop(key)
-    if relevant["model"].get("dropout") == 0.0:
-        relevant["model"].pop("dropout")
+    for section, key, default in (("train", "next_item_examples", "prefixes"), ("train", "history_loss", 0.0),
+                                  ("train", "anneal_by_time", False), ("model", "dropout", 0.0)):
+        if relevant[section].get(key) == default:
+            relevant[section].pop(key)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
