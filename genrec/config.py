@@ -146,6 +146,11 @@ class TrainConfig:
                      "Task mixture: copies per epoch of each task's pool (next_item/conversational: "
                      "history prefixes; text_to_id/id_to_text: catalog items).")
     with_titles: bool = _f(False, "Show item titles after IDs in history prompts (longer prompts).")
+    item_tokens: bool = _f(False, "Give every item an input-only token `<item_ID>` that history prompts "
+                           "show after its ID: one learned embedding row per item, as SASRec reads, "
+                           "besides the code rows items share. Adds a token per history item and a "
+                           "row per item (trained with LoRA too); answers stay IDs. Items added to "
+                           "the catalog later are shown by ID alone.")
     next_item_examples: str = _f("prefixes", "How next_item examples are cut from a user's training "
                                  "items: `prefixes` (every prefix -> the item after it) or `windows` "
                                  "(one per max_history items, ending at the last training item; ~6x "

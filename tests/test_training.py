@@ -19,7 +19,7 @@ from genrec.errors import GenrecError
 from genrec.serving.beam_search import constrained_beam_search, generate_reference, left_pad
 from genrec.serving.recommender import Recommender
 from genrec.tokenization.stage import load_catalog, tokenize_stage
-from genrec.tokenization.vocab import add_semantic_id_tokens
+from genrec.tokenization.vocab import add_item_tokens, add_semantic_id_tokens
 from genrec.training.prompts import IGNORE_INDEX, PromptFormatter, training_examples
 from genrec.training.setup import build_model
 from genrec.training.trainer import Trainer, _config_hash, collate
@@ -207,6 +207,62 @@ def test_time_budget_ends_at_the_low_learning_rate(demo_run, tmp_path):
         lrs[anneal] = blob["scheduler"]["_last_lr"][0]
     assert lrs[True] == pytest.approx(0.1 * 0.003)
     assert lrs[False] < 0.1 * 0.003        # still warming up: (step + 1) / 5,000 of the peak
+
+
+def test_item_tokens_follow_each_history_id(demo_run, smollm2_dir):
+    plain = _formatter(demo_run, smollm2_dir)
+    tok, catalog = plain.tokenizer, plain.catalog
+    item_ids = add_item_tokens(tok, catalog)
+    assert add_item_tokens(tok, catalog) == item_ids and min(item_ids) >= 49152   # idempotent, new rows
+    fmt = PromptFormatter(tok, catalog, max_history=8, item_tokens=True)
+    codes = catalog.token_ids(tok)
+    ex = fmt.next_item([0, 1, 2], 5, history_labels=True)
+    prompt_len = len(fmt.next_item_prompt([0, 1, 2]))
+    prompt = ex.input_ids[:prompt_len]
+    # each history ID is followed by that item's own token, in order; the answer is the ID alone
+    shown = [t for t in prompt if t in set(item_ids)]
+    assert shown == [item_ids[0], item_ids[1], item_ids[2]]
+    for i in (0, 1, 2):
+        at = prompt.index(item_ids[i])
+        assert prompt[at - catalog.depth:at] == codes[i].tolist()
+    assert ex.input_ids[prompt_len:] == codes[5].tolist() + [tok.eos_token_id]
+    # the history loss labels the same code tokens as without item tokens
+    assert ([t for t in ex.history_labels if t != IGNORE_INDEX]
+            == [t for t in plain.next_item([0, 1, 2], 5, history_labels=True).history_labels if t != IGNORE_INDEX])
+    # an item added after training has no token: it is shown by its ID alone, and the settings
+    # an exported model stores rebuild the same formatter
+    grown = catalog.with_items(["new-item"], np.array([[0] * (catalog.depth - 1) + [catalog.level_sizes[-1] - 1]]),
+                               ["New"], ["New"])
+    again = PromptFormatter.from_settings(tok, grown, fmt.settings())
+    assert again.item_tokens and again.next_item_prompt([0, 1, 2]) == fmt.next_item_prompt([0, 1, 2])
+    text = again.history_text([0, len(catalog)])
+    assert text == f"{catalog.sid(0)}<item_{catalog.item_ids[0]}>, {grown.sid(len(catalog))}"
+
+
+def test_item_tokens_train_with_lora_and_serve(demo_run, tmp_path):
+    run = copy_prepared(demo_run, tmp_path / "items")
+    cfg = _cfg(run, "train.finetune=lora", "train.item_tokens=true", "train.max_steps=3", "train.lr=0.01")
+    assert _config_hash(cfg) != _config_hash(_cfg(run, "train.finetune=lora", "train.max_steps=3", "train.lr=0.01"))
+    catalog = load_catalog(run)
+    tok, init, _ = build_model(cfg, catalog)
+    w0 = init.get_input_embeddings().weight.detach().clone()
+    item_ids = tok.convert_tokens_to_ids(catalog.item_tokens())
+    codes = torch.as_tensor(catalog.token_ids(tok))
+    # an item row starts as its ID: the direction of the mean of its code rows, at the usual norm
+    assert torch.nn.functional.cosine_similarity(w0[item_ids], w0[codes].mean(1)).min() > 0.999
+    trainer = Trainer(cfg, progress=False)
+    trainer.train()
+    exported = run / "model"
+    w1 = AutoModelForCausalLM.from_pretrained(exported).get_input_embeddings().weight.detach()
+    # LoRA trains the item rows too (they are in trainable_token_indices); the base vocabulary stays
+    seen = sorted({i for seq in trainer.train_seqs for i in seq[-9:-1]})
+    assert not torch.allclose(w1[[item_ids[i] for i in seen]], w0[[item_ids[i] for i in seen]])
+    assert torch.equal(w1[:49152], w0[:49152])
+    rec = Recommender.from_folder(exported)
+    assert rec.formatter.item_tokens
+    assert rec.formatter.next_item_prompt([0, 1, 2]) == trainer.formatter.next_item_prompt([0, 1, 2])
+    out = rec.recommend([[0, 1, 2]], k=5, num_beams=10)
+    assert len(out[0]) == 5 and all(r.item_id in catalog for r in out[0])
 
 
 @pytest.mark.parametrize("finetune", ["full", "lora"])

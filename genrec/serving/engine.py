@@ -87,8 +87,7 @@ class RecommendationEngine:
         trie_dir = self.state_dir / f"trie-v{version}"
         trie_dir.mkdir(parents=True, exist_ok=True)
         trie.save(trie_dir)
-        formatter = PromptFormatter(self.tokenizer, catalog, max_history=self.prompt_settings["max_history"],
-                                    with_titles=self.prompt_settings.get("with_titles", False))
+        formatter = PromptFormatter.from_settings(self.tokenizer, catalog, self.prompt_settings)
         return CatalogVersion(version, catalog, trie, trie_dir, TitleIndex(catalog),
                               [title_year(t) for t in catalog.titles], formatter)
 

@@ -74,8 +74,7 @@ class Recommender:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         model.eval()
         catalog = Catalog.load(folder)
-        fmt = PromptFormatter(tok, catalog, max_history=settings["max_history"],
-                              with_titles=settings.get("with_titles", False))
+        fmt = PromptFormatter.from_settings(tok, catalog, settings)
         return cls(model, fmt, ItemTrie(catalog.token_ids(tok), vocab_size=len(tok)))
 
     def recommend(self, histories: Sequence[Sequence[int]], k: int = 10, num_beams: int = 20,

@@ -190,8 +190,7 @@ class VllmRecommender:
         self.settings = settings or EngineSettings()
         tok = AutoTokenizer.from_pretrained(self.folder)
         self.catalog = Catalog.load(self.folder)
-        self.formatter = PromptFormatter(tok, self.catalog, max_history=prompt_settings["max_history"],
-                                         with_titles=prompt_settings.get("with_titles", False))
+        self.formatter = PromptFormatter.from_settings(tok, self.catalog, prompt_settings)
         self.trie = ItemTrie.load(self.folder)
         self.llm = LLM(**self.settings.engine_kwargs(self.folder))
 

@@ -1,8 +1,9 @@
 """The catalog: item id <-> semantic ID <-> code tokens <-> item text.
 
 This is the one place that knows how a semantic ID is spelled as tokens
-(``<a_12><b_7><c_201><d_0>``: level letter, underscore, code). Everything else
-(prompts, the trie, decoding, serving) asks the catalog.
+(``<a_12><b_7><c_201><d_0>``: level letter, underscore, code), and how an item's
+own input token is spelled (``<item_B00ABC>``, optional: see ``item_token``).
+Everything else (prompts, the trie, decoding, serving) asks the catalog.
 """
 
 from __future__ import annotations
@@ -32,6 +33,15 @@ CATALOG_META = "catalog.json"
 def code_token(level: int, code: int) -> str:
     """The token string of ``code`` at ``level``: ``code_token(1, 7) == "<b_7>"``."""
     return f"<{LEVEL_LETTERS[level]}_{int(code)}>"
+
+
+def item_token(item_id: str) -> str:
+    """The input-only token of one item: ``item_token("B00ABC") == "<item_B00ABC>"``.
+
+    Spelled from the dataset's item id, not the catalog row, so it keeps naming the same item
+    when other items are added or removed. It never matches a code token (those are one letter).
+    """
+    return f"<item_{item_id}>"
 
 
 def parse_sid(text: str) -> tuple[int, ...]:
@@ -132,6 +142,10 @@ class Catalog:
     def code_tokens(self) -> list[str]:
         """All code token strings, level by level, each level's codes in order."""
         return [code_token(level, c) for level, size in enumerate(self.level_sizes) for c in range(size)]
+
+    def item_tokens(self) -> list[str]:
+        """Every item's input-only token (``<item_ID>``), in catalog row order."""
+        return [item_token(i) for i in self.item_ids]
 
     def token_ids(self, tokenizer) -> np.ndarray:
         """(n_items, depth) token ids of every item's semantic ID under ``tokenizer``.

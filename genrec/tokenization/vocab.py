@@ -13,6 +13,12 @@ text. New embedding rows start where they mean something:
 Either way each new row is then scaled to the average norm of the existing rows:
 averages of many rows are short vectors, and rows much shorter (or longer) than
 the rest give early logits and gradients an odd scale.
+
+With ``item_tokens=True`` every item also gets an input-only token (``<item_ID>``,
+spelled by the catalog) that prompts show after the item's ID in a history, so the
+model has one row per item to read, as SASRec's item embedding is, besides the
+shared code rows. Its row starts as the mean of the item's code rows (same norm
+scaling), i.e. it first reads like the ID it sits next to.
 """
 
 from __future__ import annotations
@@ -25,7 +31,15 @@ from genrec.tokenization.catalog import Catalog
 
 def add_semantic_id_tokens(tokenizer, catalog: Catalog) -> list[int]:
     """Add the catalog's code tokens to ``tokenizer`` (idempotent). Returns their ids in order."""
-    tokens = catalog.code_tokens()
+    return _add_tokens(tokenizer, catalog.code_tokens())
+
+
+def add_item_tokens(tokenizer, catalog: Catalog) -> list[int]:
+    """Add every item's input-only token to ``tokenizer`` (idempotent). Returns their ids, row order."""
+    return _add_tokens(tokenizer, catalog.item_tokens())
+
+
+def _add_tokens(tokenizer, tokens: list[str]) -> list[int]:
     vocab = tokenizer.get_vocab()
     new = [AddedToken(t, single_word=False, lstrip=False, rstrip=False, normalized=False, special=False)
            for t in tokens if t not in vocab]
@@ -36,19 +50,21 @@ def add_semantic_id_tokens(tokenizer, catalog: Catalog) -> list[int]:
 
 @torch.no_grad()
 def resize_model_for_catalog(model, tokenizer, catalog: Catalog, init: str = "text",
-                             max_text_tokens: int = 32, seed: int = 0) -> list[int]:
-    """Add the code tokens to ``tokenizer`` and grow ``model``'s embeddings to match.
+                             max_text_tokens: int = 32, seed: int = 0, item_tokens: bool = False) -> list[int]:
+    """Add the code tokens (and with ``item_tokens`` the item tokens) to ``tokenizer`` and grow
+    ``model``'s embeddings to match.
 
-    Returns the ids of the code tokens (the rows that training must update).
+    Returns the ids of the code tokens (item token ids: ``add_item_tokens``, which is idempotent).
     """
     if init not in ("text", "mean"):
         raise ValueError(f"unknown embedding init {init!r}; use 'text' or 'mean'")
     token_ids = add_semantic_id_tokens(tokenizer, catalog)
+    item_ids = add_item_tokens(tokenizer, catalog) if item_tokens else []
     old_rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) <= old_rows:
         return token_ids
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    new_ids = torch.tensor([t for t in token_ids if t >= old_rows])
+    new_ids = torch.tensor([t for t in token_ids if t >= old_rows], dtype=torch.long)
     gen = torch.Generator().manual_seed(seed)
     emb_in = model.get_input_embeddings().weight
     out = model.get_output_embeddings()
@@ -56,14 +72,22 @@ def resize_model_for_catalog(model, tokenizer, catalog: Catalog, init: str = "te
     weights = [emb_in] if tied else [emb_in, out.weight]
     for w in weights:
         old = w[:old_rows].float()
-        rows = old.mean(0) + 0.1 * old.std(0) * torch.randn(len(new_ids), old.shape[1], generator=gen)
-        if init == "text" and any(catalog.texts):
-            text_rows = _code_text_means(w, tokenizer, catalog, max_text_tokens, old_rows, new_ids)
-            has = text_rows.norm(dim=1) > 0
-            rows[has] = 0.5 * rows[has] + 0.5 * text_rows[has]
         target = old.norm(dim=1).mean()
-        rows = rows / rows.norm(dim=1, keepdim=True).clamp(min=1e-12) * target
-        w[new_ids] = rows.to(w.dtype)
+        if len(new_ids):
+            rows = old.mean(0) + 0.1 * old.std(0) * torch.randn(len(new_ids), old.shape[1], generator=gen)
+            if init == "text" and any(catalog.texts):
+                text_rows = _code_text_means(w, tokenizer, catalog, max_text_tokens, old_rows, new_ids)
+                has = text_rows.norm(dim=1) > 0
+                rows[has] = 0.5 * rows[has] + 0.5 * text_rows[has]
+            rows = rows / rows.norm(dim=1, keepdim=True).clamp(min=1e-12) * target
+            w[new_ids] = rows.to(w.dtype)
+        # item rows after the code rows they are averaged from
+        new_items = [(row, t) for row, t in enumerate(item_ids) if t >= old_rows]
+        if new_items:
+            rows_of = torch.as_tensor(catalog.token_ids(tokenizer))[[row for row, _ in new_items]]
+            items = w[rows_of].float().mean(1)   # (n, depth, dim) -> the mean of each item's code rows
+            items = items / items.norm(dim=1, keepdim=True).clamp(min=1e-12) * target
+            w[torch.tensor([t for _, t in new_items])] = items.to(w.dtype)
     return token_ids
 
 

@@ -69,6 +69,11 @@ class PromptFormatter:
         max_text_chars: item text is cut to this many characters in text tasks.
         categories: optional category/genre string per catalog row, used by the
             conversational task to state a wish ("something in Comedy").
+        item_tokens: show each history item's own input token (``<item_ID>``) right
+            after its ID, so the model reads one learned row per item besides the
+            shared code rows (as SASRec's item embedding). Items the tokenizer has no
+            token for (added to the catalog after training) are shown by ID alone.
+            Answers are always IDs only.
     """
 
     tokenizer: object
@@ -77,13 +82,32 @@ class PromptFormatter:
     with_titles: bool = False
     max_text_chars: int = 200
     categories: Sequence[str] | None = None
+    item_tokens: bool = False
     _eot: list[int] = field(default_factory=list, repr=False)
     _codes: frozenset[int] | None = field(default=None, repr=False)
+    _item_suffix: list[str] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         # the end-of-turn token the template closes an assistant message with
         eos = self.tokenizer.eos_token_id
         self._eot = [eos] if eos is not None else []
+        if self.item_tokens:
+            vocab = self.tokenizer.get_vocab()
+            self._item_suffix = [t if t in vocab else "" for t in self.catalog.item_tokens()]
+
+    #: the keys of ``settings()``, which an exported model folder stores and serving reads back
+    SETTINGS = ("max_history", "with_titles", "item_tokens")
+
+    def settings(self) -> dict:
+        """What serving needs to render prompts exactly as training did."""
+        return {k: getattr(self, k) for k in self.SETTINGS}
+
+    @classmethod
+    def from_settings(cls, tokenizer, catalog: Catalog, settings: dict) -> "PromptFormatter":
+        """The formatter a model was trained with, from its saved ``settings()``
+        (older folders lack the later keys: they mean off)."""
+        return cls(tokenizer, catalog, max_history=settings["max_history"],
+                   with_titles=settings.get("with_titles", False), item_tokens=settings.get("item_tokens", False))
 
     # -- rendering ---------------------------------------------------------------------
     def _messages(self, user_text: str) -> list[dict]:
@@ -109,9 +133,13 @@ class PromptFormatter:
 
     def history_text(self, history: Sequence[int]) -> str:
         recent = list(history)[-self.max_history:]
+        if self.item_tokens:
+            shown = [self.catalog.sid(i) + self._item_suffix[i] for i in recent]
+        else:
+            shown = [self.catalog.sid(i) for i in recent]
         if self.with_titles:
-            return "; ".join(f"{self.catalog.sid(i)} {self.catalog.titles[i]}" for i in recent)
-        return ", ".join(self.catalog.sid(i) for i in recent)
+            return "; ".join(f"{s} {self.catalog.titles[i]}" for s, i in zip(shown, recent))
+        return ", ".join(shown)
 
     # -- tasks ---------------------------------------------------------------------------
     def next_item_text(self, history: Sequence[int]) -> str:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from genrec.config import GenrecConfig
 from genrec.errors import GenrecError
 from genrec.tokenization.catalog import Catalog
-from genrec.tokenization.vocab import resize_model_for_catalog
+from genrec.tokenization.vocab import add_item_tokens, resize_model_for_catalog
 from genrec.training.models import load_tokenizer, resolve_model
 
 #: item-table fields that hold a category or genre, by preference
@@ -103,18 +103,20 @@ def build_model(cfg: GenrecConfig, catalog: Catalog):
         model.generation_config.do_sample = False
         for k in ("temperature", "top_p", "top_k"):
             setattr(model.generation_config, k, None)
-    code_ids = resize_model_for_catalog(model, tokenizer, catalog, init=mcfg.embedding_init, seed=cfg.seed)
+    code_ids = resize_model_for_catalog(model, tokenizer, catalog, init=mcfg.embedding_init, seed=cfg.seed,
+                                        item_tokens=tcfg.item_tokens)
     if tcfg.finetune == "full":
         for p in model.parameters():
             p.requires_grad_(True)
     else:
-        model = _add_lora(model, tcfg, code_ids)
+        item_ids = add_item_tokens(tokenizer, catalog) if tcfg.item_tokens else []   # already added: ids only
+        model = _add_lora(model, tcfg, list(code_ids) + list(item_ids))
     # hooks go on last: resizing and peft replace the embedding module they would sit on
     add_dropout(model, mcfg.dropout)
     return tokenizer, model, code_ids
 
 
-def _add_lora(model, tcfg, code_ids):
+def _add_lora(model, tcfg, new_token_ids):
     from peft import LoraConfig, get_peft_model
 
     if tcfg.finetune == "qlora":
@@ -122,6 +124,6 @@ def _add_lora(model, tcfg, code_ids):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     lcfg = LoraConfig(r=tcfg.lora_r, lora_alpha=tcfg.lora_alpha, lora_dropout=tcfg.lora_dropout,
                       target_modules=list(tcfg.lora_targets), task_type="CAUSAL_LM",
-                      # the new code-token rows are trained; the rest of the vocabulary stays frozen
-                      trainable_token_indices={"embed_tokens": list(code_ids)})
+                      # the new code (and item) token rows are trained; the rest of the vocabulary stays frozen
+                      trainable_token_indices={"embed_tokens": list(new_token_ids)})
     return get_peft_model(model, lcfg)

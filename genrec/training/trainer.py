@@ -184,7 +184,8 @@ def _config_hash(cfg: GenrecConfig) -> str:
                          if k not in ("max_minutes", "log_every", "num_threads")}
     # options added later count only when set, so checkpoints made before them still resume
     for section, key, default in (("train", "next_item_examples", "prefixes"), ("train", "history_loss", 0.0),
-                                  ("train", "anneal_by_time", False), ("model", "dropout", 0.0)):
+                                  ("train", "anneal_by_time", False), ("model", "dropout", 0.0),
+                                  ("train", "item_tokens", False)):
         if relevant[section].get(key) == default:
             relevant[section].pop(key)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -260,7 +261,7 @@ class Trainer:
         torch.manual_seed(self.cfg.seed)
         self.tokenizer, self.model, self.code_ids = build_model(self.cfg, self.catalog)
         self.formatter = PromptFormatter(self.tokenizer, self.catalog, max_history=self.cfg.data.max_history,
-                                         with_titles=self.tcfg.with_titles,
+                                         with_titles=self.tcfg.with_titles, item_tokens=self.tcfg.item_tokens,
                                          categories=category_strings(self.dataset))
         index = self.dataset.item_index()
         self.train_seqs = [[index[i] for i in s] for s in self.dataset.train_sequences().values()]
@@ -478,6 +479,6 @@ class Trainer:
             self.catalog.save(out)
             self.trie.save(out)
             (out / PROMPT_FILE).write_text(json.dumps({
-                "max_history": self.cfg.data.max_history, "with_titles": self.tcfg.with_titles,
-                "num_beams": self.cfg.eval.num_beams, "code_token_ids": self.code_ids}, indent=2) + "\n")
+                **self.formatter.settings(), "num_beams": self.cfg.eval.num_beams,
+                "code_token_ids": self.code_ids}, indent=2) + "\n")
         return self.run / "model"
