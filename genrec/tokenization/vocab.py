@@ -70,6 +70,10 @@ def resize_model_for_catalog(model, tokenizer, catalog: Catalog, init: str = "te
     out = model.get_output_embeddings()
     tied = out is None or out.weight.data_ptr() == emb_in.data_ptr()
     weights = [emb_in] if tied else [emb_in, out.weight]
+    new_items = [(row, t) for row, t in enumerate(item_ids) if t >= old_rows]
+    if new_items:
+        item_code_rows = torch.as_tensor(catalog.token_ids(tokenizer))[[row for row, _ in new_items]]
+        item_rows = torch.tensor([t for _, t in new_items])
     for w in weights:
         old = w[:old_rows].float()
         target = old.norm(dim=1).mean()
@@ -82,12 +86,10 @@ def resize_model_for_catalog(model, tokenizer, catalog: Catalog, init: str = "te
             rows = rows / rows.norm(dim=1, keepdim=True).clamp(min=1e-12) * target
             w[new_ids] = rows.to(w.dtype)
         # item rows after the code rows they are averaged from
-        new_items = [(row, t) for row, t in enumerate(item_ids) if t >= old_rows]
         if new_items:
-            rows_of = torch.as_tensor(catalog.token_ids(tokenizer))[[row for row, _ in new_items]]
-            items = w[rows_of].float().mean(1)   # (n, depth, dim) -> the mean of each item's code rows
+            items = w[item_code_rows].float().mean(1)   # (n, depth, dim) -> the mean of each item's code rows
             items = items / items.norm(dim=1, keepdim=True).clamp(min=1e-12) * target
-            w[torch.tensor([t for _, t in new_items])] = items.to(w.dtype)
+            w[item_rows] = items.to(w.dtype)
     return token_ids
 
 

@@ -104,10 +104,9 @@ class PromptFormatter:
 
     @classmethod
     def from_settings(cls, tokenizer, catalog: Catalog, settings: dict) -> "PromptFormatter":
-        """The formatter a model was trained with, from its saved ``settings()``
-        (older folders lack the later keys: they mean off)."""
-        return cls(tokenizer, catalog, max_history=settings["max_history"],
-                   with_titles=settings.get("with_titles", False), item_tokens=settings.get("item_tokens", False))
+        """The formatter a model was trained with, from its saved ``settings()`` (older folders
+        lack the later keys: the field defaults, all off, apply)."""
+        return cls(tokenizer, catalog, **{k: settings[k] for k in cls.SETTINGS if k in settings})
 
     # -- rendering ---------------------------------------------------------------------
     def _messages(self, user_text: str) -> list[dict]:
