@@ -67,7 +67,13 @@ class EmbeddingConfig:
     template: Optional[str] = _f(None, "Python format string over the item's fields, e.g. "
                                  "'{title}. Genres: {genres}'. Null uses the dataset's default.")
     batch_size: int = _f(128, "Texts per encoder batch.")
-    collab_dim: int = _f(64, "Dimension of the collaborative embedding.")
+    collab_method: str = _f("ppmi", "How `collab` vectors are made: `ppmi` (co-occurrence within "
+                            "`collab_window`, PPMI + truncated SVD to `collab_dim`; seconds) or `sasrec` "
+                            "(the item table of SASRec trained with full-softmax CE on the training "
+                            "sequences, with the `sasrec` section's settings and early stopping; its "
+                            "width is `sasrec.hidden`; minutes). `sasrec` groups items that the same "
+                            "histories predict, which is what decoding the ID level by level needs.")
+    collab_dim: int = _f(64, "Dimension of the `ppmi` collaborative embedding.")
     collab_window: int = _f(5, "Co-occurrence window (items apart in a user's training history).")
     cache_dir: Optional[str] = _f(None, "Embedding cache folder (keyed by content hash); default "
                                   "`.cache/embeddings` under the working folder.")

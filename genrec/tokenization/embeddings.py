@@ -7,6 +7,8 @@ Semantic IDs are codes of item *vectors*. This module makes those vectors:
   L2-normalised and cached on disk by content hash;
 * :func:`collaborative_embeddings` factorises the item co-occurrence of training
   sequences (PPMI + truncated SVD), so items without text still get meaningful IDs;
+* :func:`sasrec_embeddings` takes the item table of a SASRec trained with full-softmax
+  cross-entropy on the training sequences: vectors shaped by what predicts the next item;
 * :func:`combine` concatenates the two (the ``both`` embedding source).
 """
 
@@ -319,6 +321,25 @@ def collaborative_embeddings(sequences: Sequence[Sequence[int]], n_items: int, d
     vecs[~seen] = 0
     out[:, :k] = l2_normalize(vecs)
     return out
+
+
+def sasrec_embeddings(dataset, config, progress: bool = True) -> tuple[np.ndarray, Any]:
+    """Item vectors from SASRec's tied item table: float32 ``(n_items, config.hidden)``, rows L2-normalised.
+
+    SASRec (:mod:`genrec.evaluation.sasrec`, the baseline's own model and settings) is fit on
+    the TRAINING sequences with early stopping on validation NDCG@10, as the baseline is. Its
+    item table is both the input embedding and the output layer, so two items get close rows
+    when the same histories score them alike: clustering those rows puts items that are
+    predicted in the same situations under the same code prefix, which is what the
+    generative model has to decode level by level (ReSID, Liang et al. 2026, argues the same
+    for recommendation-native item encoders). Returns the vectors and the fitted
+    :class:`~genrec.evaluation.sasrec.SASRecRecommender` (to save, or read its best epoch).
+    """
+    from genrec.evaluation.sasrec import SASRecRecommender
+
+    rec = SASRecRecommender(config).fit(dataset, progress=progress)
+    table = rec.model.item_emb.weight[1:].detach().float().numpy()   # row 0 is padding
+    return l2_normalize(table), rec
 
 
 def combine(text_vecs: np.ndarray, collab_vecs: np.ndarray) -> np.ndarray:

@@ -22,10 +22,13 @@ from genrec.errors import GenrecError
 from genrec.runs import RunFolder
 from genrec.tokenization.catalog import Catalog
 from genrec.tokenization.embeddings import (collaborative_embeddings, combine, item_texts,
-                                            text_embeddings)
+                                            sasrec_embeddings, text_embeddings)
 from genrec.tokenization.semantic_ids import SemanticIdTokenizer, plot_code_usage
 
 EMBEDDING_SOURCES = ("text", "collab", "both")
+COLLAB_METHODS = ("ppmi", "sasrec")
+#: RUN/tokenize/ folder of the SASRec fitted for `collab_method: sasrec`
+SASREC_DIR = "collab_sasrec"
 TITLE_CHARS = 80
 
 
@@ -43,13 +46,22 @@ def display_titles(dataset: PreparedDataset, texts: list[str]) -> list[str]:
     return out
 
 
-def item_vectors(dataset: PreparedDataset, cfg: GenrecConfig, texts: list[str]) -> np.ndarray:
-    """The vectors to quantize, from the configured source."""
+def item_vectors(dataset: PreparedDataset, cfg: GenrecConfig,
+                 texts: list[str]) -> tuple[np.ndarray, dict, dict]:
+    """(vectors to quantize, report, fitted models to keep by folder name), from the configured source.
+
+    The report holds ``collab_width`` (columns of the collaborative part, which new items
+    added by text get as zeros) and, for ``collab_method: sasrec``, the fitted SASRec's
+    best epoch and validation NDCG@10.
+    """
     ecfg = cfg.tokenize.embedding
     if ecfg.source not in EMBEDDING_SOURCES:
         raise GenrecError(f"unknown tokenize.embedding.source {ecfg.source!r}",
                           f"use one of {', '.join(EMBEDDING_SOURCES)}")
-    vecs = []
+    if ecfg.collab_method not in COLLAB_METHODS:
+        raise GenrecError(f"unknown tokenize.embedding.collab_method {ecfg.collab_method!r}",
+                          f"use one of {', '.join(COLLAB_METHODS)}")
+    vecs, report, fitted = [], {}, {}
     if ecfg.source in ("text", "both"):
         if not any(t.strip() for t in texts):
             raise GenrecError("the items have no text to embed",
@@ -57,11 +69,19 @@ def item_vectors(dataset: PreparedDataset, cfg: GenrecConfig, texts: list[str]) 
         cache = cfg.resolve_path(ecfg.cache_dir) if ecfg.cache_dir else Path(".cache/embeddings")
         vecs.append(text_embeddings(texts, model=ecfg.model, batch_size=ecfg.batch_size, cache_dir=cache))
     if ecfg.source in ("collab", "both"):
-        index = dataset.item_index()
-        seqs = [[index[i] for i in s] for s in dataset.train_sequences().values()]
-        vecs.append(collaborative_embeddings(seqs, dataset.n_items, dim=ecfg.collab_dim,
-                                             window=ecfg.collab_window, seed=cfg.seed))
-    return vecs[0] if len(vecs) == 1 else combine(vecs[0], vecs[1])
+        if ecfg.collab_method == "sasrec":
+            collab, rec = sasrec_embeddings(dataset, cfg.sasrec)
+            fitted[SASREC_DIR] = rec
+            report["sasrec"] = {"best_epoch": rec.best_epoch, "best_valid_ndcg@10": round(rec.best_valid_ndcg, 5),
+                                "train_seconds": round(rec.train_seconds, 1)}
+        else:
+            index = dataset.item_index()
+            seqs = [[index[i] for i in s] for s in dataset.train_sequences().values()]
+            collab = collaborative_embeddings(seqs, dataset.n_items, dim=ecfg.collab_dim,
+                                              window=ecfg.collab_window, seed=cfg.seed)
+        report["collab_width"] = int(collab.shape[1])
+        vecs.append(collab)
+    return (vecs[0] if len(vecs) == 1 else combine(vecs[0], vecs[1])), report, fitted
 
 
 def tokenize_stage(cfg: GenrecConfig) -> Catalog:
@@ -71,7 +91,7 @@ def tokenize_stage(cfg: GenrecConfig) -> Catalog:
     template = cfg.tokenize.embedding.template or dataset.default_template
     texts = item_texts(dataset.items, template)
     t0 = time.perf_counter()
-    X = item_vectors(dataset, cfg, texts)
+    X, vec_report, fitted = item_vectors(dataset, cfg, texts)
     t_embed = time.perf_counter() - t0
     sid = SemanticIdTokenizer(cfg.tokenize.quantizer, cfg.tokenize.min_dedup_codes)
     t0 = time.perf_counter()
@@ -83,10 +103,11 @@ def tokenize_stage(cfg: GenrecConfig) -> Catalog:
     report.update({"n_items": len(catalog), "depth": catalog.depth, "level_sizes": catalog.level_sizes,
                    "embedding_source": cfg.tokenize.embedding.source, "embedding_dim": int(X.shape[1]),
                    "seconds_embed": round(t_embed, 2), "seconds_fit": round(t_fit, 2),
-                   "template": template})
+                   "template": template, "collab_method": cfg.tokenize.embedding.collab_method
+                   if cfg.tokenize.embedding.source != "text" else None, **vec_report})
     info = {"method": cfg.tokenize.quantizer.method, "levels": cfg.tokenize.quantizer.levels,
             "codebook_size": cfg.tokenize.quantizer.codebook_size, "seed": cfg.tokenize.quantizer.seed,
-            "embedding_source": cfg.tokenize.embedding.source,
+            "embedding_source": cfg.tokenize.embedding.source, "collab_method": report["collab_method"],
             "collision_rate": report.get("collision_rate"), "level_sizes": catalog.level_sizes}
     with run.stage("tokenize", info) as out:
         catalog.save(out)
@@ -94,11 +115,14 @@ def tokenize_stage(cfg: GenrecConfig) -> Catalog:
         np.save(out / "item_vectors.npy", X.astype(np.float32))
         (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
         plot_code_usage(sid.codes_, sid.level_sizes_, out / "code_usage.png")
+        for name, model in fitted.items():
+            model.save(out / name)
         # what new items need to be embedded the same way later (genrec items add)
         ecfg = cfg.tokenize.embedding
         (out / "embedding.json").write_text(json.dumps(
             {"source": ecfg.source, "model": ecfg.model, "template": template,
-             "batch_size": ecfg.batch_size, "collab_dim": ecfg.collab_dim,
+             "batch_size": ecfg.batch_size, "collab_dim": vec_report.get("collab_width", ecfg.collab_dim),
+             "collab_method": ecfg.collab_method,
              "text_fields": list(dataset.text_fields)}, indent=2) + "\n")
     return catalog
 

@@ -183,11 +183,15 @@ def _config_hash(cfg: GenrecConfig) -> str:
     relevant["train"] = {k: v for k, v in relevant["train"].items()
                          if k not in ("max_minutes", "log_every", "num_threads")}
     # options added later count only when set, so checkpoints made before them still resume
-    for section, key, default in (("train", "next_item_examples", "prefixes"), ("train", "history_loss", 0.0),
-                                  ("train", "anneal_by_time", False), ("model", "dropout", 0.0),
-                                  ("train", "item_tokens", False)):
-        if relevant[section].get(key) == default:
-            relevant[section].pop(key)
+    for path, default in (("train.next_item_examples", "prefixes"), ("train.history_loss", 0.0),
+                          ("train.anneal_by_time", False), ("model.dropout", 0.0),
+                          ("train.item_tokens", False), ("tokenize.embedding.collab_method", "ppmi")):
+        *parents, key = path.split(".")
+        section = relevant
+        for p in parents:
+            section = section[p]
+        if section.get(key) == default:
+            section.pop(key)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
