@@ -15,6 +15,12 @@ Every measured number is read from a run folder (nothing is recomputed here):
 Several folders in one row (seeds) give mean ± sample standard deviation. The markdown goes
 to bench/results/quality.md (with the YAML's `commands` block at its top) and a bar plot
 to bench/results/quality.png.
+
+Run folders live under the ignored `runs/` and do not outlive the machine they were made on,
+so every row computed from its folders is also written, formatted, to the committed
+bench/results/quality_rows.json (key: dataset | system | eval subset). A row whose folders
+are missing is read back from there, exactly as it was printed, and the table says which
+rows came from that record; only a row that is in neither place is missing.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import yaml
 
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 ROOT = Path(__file__).resolve().parent.parent
+STORE = ROOT / "bench" / "results" / "quality_rows.json"
 
 
 class Missing(Exception):
@@ -114,34 +121,57 @@ def _fmt(values: list[float], digits: int = 4) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def collect(spec: dict, base: Path, strict: bool = True, skipped: list | None = None) -> list[dict]:
-    """One dict per table row: label columns + per-metric value lists."""
+def row_key(dataset: str, system: str, eval_name: str | None) -> str:
+    """The row's key in the kept record (bench/results/quality_rows.json)."""
+    return f"{dataset} | {system} | {eval_name or 'published'}"
+
+
+def _detail_line(d: dict) -> str:
+    curve = ", ".join(f"{s_}: {v:.4f}" for s_, v in d["valid_ndcg10"])
+    loss = (f"{d['loss_first_last'][0][1]:.2f} -> {d['loss_tail_mean']:.2f}" if d["loss_first_last"] else "-")
+    return (f"| {d['run']} | {d['quantizer']} over {d['source']}, levels {d['levels']} | "
+            f"{d['collision_rate']:.2%} (largest group {d['largest_group']}) | {d['steps']} "
+            f"({d['epochs']:.2f}) | {curve} | {loss} | {d['beams']} | {d['eval_s_per_user']:.3f} |")
+
+
+def collect(spec: dict, base: Path, strict: bool = True, skipped: list | None = None,
+            store: dict | None = None) -> list[dict]:
+    """One dict per table row: label columns and formatted metric cells.
+
+    ``store`` is the kept record ({row_key: row}): rows computed from run folders are written
+    into it, rows whose folders are missing are read from it (marked ``kept``).
+    """
     rows = []
     skipped = [] if skipped is None else skipped
     for entry in spec["rows"]:
         kind = entry["kind"]
+        dataset = entry.get("dataset", spec["dataset"])
         if kind == "published":
-            rows.append({"dataset": entry.get("dataset", spec["dataset"]),
+            rows.append({"dataset": dataset,
                          "system": entry["system"] + " (published, not run here)",
                          "config": entry.get("config", ""), "seeds": "-", "users": "-", "minutes": "-",
                          "commit": "-", "invalid": "-", "published": True,
-                         "values": {k: ([entry[k]] if k in entry else []) for k in METRICS}})
+                         "cells": {k: (_fmt([entry[k]]) if k in entry else "-") for k in METRICS}})
             continue
         for eval_name in entry["eval"]:
+            key = row_key(dataset, entry["system"], eval_name)
             runs = []
             try:
                 for folder in entry["runs"]:
                     path = (base / folder).resolve()
                     runs.append(_genrec_run(path, eval_name) if kind == "genrec" else _baseline_run(path, eval_name))
             except Missing as e:
+                if store is not None and key in store:
+                    rows.append({**store[key], "kept": True})
+                    continue
                 if strict:
                     raise SystemExit(f"{e}: run the job that writes it (see bench/quality_jobs.py), or --skip-missing")
                 skipped.append(f"{entry['system']} [{eval_name}]: {e}")
                 continue
             users = sorted({r["users"] for r in runs})
             seeds = [r["seed"] for r in runs]
-            rows.append({
-                "dataset": entry.get("dataset", spec["dataset"]), "system": entry["system"],
+            row = {
+                "dataset": dataset, "system": entry["system"],
                 "config": entry.get("config", "") + "".join(
                     f"; best epoch {r['best_epoch']}" for r in runs if r.get("best_epoch")),
                 "seeds": ",".join("-" if s is None else str(s) for s in seeds),
@@ -149,8 +179,14 @@ def collect(spec: dict, base: Path, strict: bool = True, skipped: list | None = 
                 "minutes": _fmt([r["minutes"] for r in runs], 1),
                 "commit": ", ".join(sorted({c for r in runs for c in r["commits"]})),
                 "invalid": _fmt([r["invalid"] for r in runs], 3), "published": False,
+                # formatted here once, so that a row read back from the record prints the same
+                "cells": {k: _fmt([r["metrics"][k] for r in runs]) for k in METRICS},
                 "values": {k: [r["metrics"][k] for r in runs] for k in METRICS},
-                "subset": eval_name, "details": [r.get("details") for r in runs if r.get("details")]})
+                "subset": eval_name,
+                "details": [_detail_line(r["details"]) for r in runs if r.get("details")]}
+            if store is not None:
+                store[key] = row
+            rows.append(row)
     return rows
 
 
@@ -165,30 +201,38 @@ def markdown(spec: dict, rows: list[dict]) -> str:
             "train+eval min", "commit"]
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        vals = [(_fmt(r["values"][k]) if r["values"][k] else "-") for k in ("recall@5", "recall@10", "ndcg@5", "ndcg@10")]
+        vals = [r["cells"][k] for k in METRICS]
         out.append("| " + " | ".join([r["dataset"], r["system"], r["config"], r["seeds"], r["users"], *vals,
                                       r["invalid"], r["minutes"], r["commit"]]) + " |")
     out.append("")
     out.append("Several seeds: mean ± sample standard deviation over the seeds. R = Recall (= HitRate with one "
                "target), N = NDCG; leave-last-out, full ranking over the catalog, "
                "`genrec/evaluation/metrics.py` for every measured row.")
-    det = [d for r in rows for d in r.get("details", [])]
+    kept = [r for r in rows if r.get("kept")]
+    if kept:
+        out += ["", f"{len(kept)} of these rows were read from `bench/results/quality_rows.json`, the record "
+                "this script keeps of every row it computed: their run folders (under the ignored `runs/`) "
+                "were not on the machine that regenerated the table. Rerun a row's commands to measure it anew."]
+    det = [line for r in rows for line in r.get("details", [])]
     if det:
         out += ["", "genrec runs, read from the same folders (IDs: RUN/tokenize/report.json; training: "
-                "RUN/train/log.jsonl, validation = 300 sampled valid users, beam as in the config):", "",
+                "RUN/train/log.jsonl, validation = sampled valid users (train.eval_users), beam as in the config):", "",
                 "| run | IDs | collisions before disambiguation | steps (epochs of next-item examples) | "
                 "validation NDCG@10 by step | train loss (first -> mean of last 10 logs; with history loss: "
                 "answer + history terms) | test beam | eval s/user |",
                 "|---|---|---|---|---|---|---|---|"]
-        for d in det:
-            curve = ", ".join(f"{s_}: {v:.4f}" for s_, v in d["valid_ndcg10"])
-            loss = (f"{d['loss_first_last'][0][1]:.2f} -> {d['loss_tail_mean']:.2f}" if d["loss_first_last"] else "-")
-            out.append(f"| {d['run']} | {d['quantizer']} over {d['source']}, levels {d['levels']} | "
-                       f"{d['collision_rate']:.2%} (largest group {d['largest_group']}) | {d['steps']} "
-                       f"({d['epochs']:.2f}) | {curve} | {loss} | {d['beams']} | {d['eval_s_per_user']:.3f} |")
+        out += det
     if spec.get("notes"):
         out += ["", spec["notes"].rstrip()]
     return "\n".join(out) + "\n"
+
+
+def _cell_value(cell: str) -> tuple[float, float]:
+    """(mean, sd) of a formatted cell: "0.0405 ± 0.0009", "0.0192" or "-" (0, 0)."""
+    if cell == "-":
+        return 0.0, 0.0
+    mean, _, sd = cell.partition(" ± ")
+    return float(mean), float(sd or 0.0)
 
 
 def plot(rows: list[dict], path: Path, dataset: str) -> None:
@@ -207,8 +251,7 @@ def plot(rows: list[dict], path: Path, dataset: str) -> None:
     width = 0.8 / max(1, len(rows))
     fig, ax = plt.subplots(figsize=(max(9, 1.2 * len(rows) + 4), 5))
     for i, r in enumerate(rows):
-        means = [statistics.mean(r["values"][k]) if r["values"][k] else 0.0 for k in keys]
-        errs = [statistics.stdev(r["values"][k]) if len(r["values"][k]) > 1 else 0.0 for k in keys]
+        means, errs = zip(*(_cell_value(r["cells"][k]) for k in keys))
         ax.bar(x + (i - (len(rows) - 1) / 2) * width, means, width, yerr=errs if any(errs) else None, capsize=2, label=labels[i],
                hatch="//" if r["published"] else None, edgecolor="black", linewidth=0.4,
                color=plt.get_cmap("tab20")(i % 20))
@@ -226,14 +269,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", default=str(ROOT / "bench" / "quality_runs.yaml"), help="YAML list of rows.")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.md"))
     p.add_argument("--plot", default=str(ROOT / "bench" / "results" / "quality.png"))
-    p.add_argument("--skip-missing", action="store_true", help="leave out rows whose files are missing")
+    p.add_argument("--store", default=str(STORE), help="kept record of computed rows (JSON)")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="leave out rows whose files are missing and that the record does not hold")
     args = p.parse_args(argv)
     spec = yaml.safe_load(Path(args.runs).read_text())
+    store_path = Path(args.store)
+    store = json.loads(store_path.read_text()) if store_path.is_file() else {}
     skipped: list[str] = []
-    rows = collect(spec, ROOT, strict=not args.skip_missing, skipped=skipped)
+    rows = collect(spec, ROOT, strict=not args.skip_missing, skipped=skipped, store=store)
     text = markdown(spec, rows)
     if skipped:
         text += "\nRows not in the table (their jobs did not finish):\n\n" + "".join(f"- {x}\n" for x in skipped)
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = store_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(store, indent=1, sort_keys=True) + "\n")
+    tmp.replace(store_path)   # never half a record: it holds rows no run folder can give back
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     # the plot shows the main dataset's rows (one chart, one catalog); other datasets are in the table
