@@ -75,7 +75,8 @@ class EmbeddingConfig:
                             "histories predict, which is what decoding the ID level by level needs.")
     collab_dim: int = _f(64, "Dimension of the `ppmi` collaborative embedding.")
     collab_window: int = _f(5, "Co-occurrence window (items apart in a user's training history).")
-    cache_dir: Optional[str] = _f(None, "Embedding cache folder (keyed by content hash); default "
+    cache_dir: Optional[str] = _f(None, "Cache folder of text embeddings and of SASRecs fitted for "
+                                  "`collab_method: sasrec` (keyed by content hash); default "
                                   "`.cache/embeddings` under the working folder.")
 
 

@@ -102,7 +102,8 @@ def test_sasrec_collab_vectors_make_ids_and_accept_new_items(demo_run, tmp_path)
 
     run = copy_prepared(demo_run, tmp_path / "sasrec-ids")
     over = [f"run_dir={run}", "tokenize.embedding.source=both", "tokenize.embedding.collab_method=sasrec",
-            "sasrec.hidden=32", "sasrec.epochs=4", "sasrec.num_threads=1"]
+            "sasrec.hidden=32", "sasrec.epochs=4", "sasrec.num_threads=1",
+            f"tokenize.embedding.cache_dir={tmp_path / 'cache'}"]
     catalog = tokenize_stage(load_config(REPO / "configs" / "demo.yaml", over))
     report = json.loads((run / "tokenize" / "report.json").read_text())
     assert report["collab_method"] == "sasrec" and report["collab_width"] == 32
@@ -125,6 +126,15 @@ def test_sasrec_collab_vectors_make_ids_and_accept_new_items(demo_run, tmp_path)
     within = np.mean([(C[t] @ C[t].T)[np.triu_indices(10, 1)].mean() for t in top])
     ra, rb = np.random.default_rng(0).integers(0, len(catalog), (2, 5000))
     assert within > (C[ra] * C[rb]).sum(1).mean() + 0.5   # measured 0.97 vs 0.03
+    # a second tokenize of the same data and SASRec settings (collab only now) loads the cached fit
+    cached = next((tmp_path / "cache").glob("sasrec-*"))
+    stamp = (cached / "model.pt").stat().st_mtime_ns
+    again = copy_prepared(demo_run, tmp_path / "sasrec-only")
+    tokenize_stage(load_config(REPO / "configs" / "demo.yaml", [f"run_dir={again}", *over[1:],
+                                                                "tokenize.embedding.source=collab"]))
+    np.testing.assert_allclose(np.load(again / "tokenize" / "item_vectors.npy"), X[:, -32:], atol=1e-6)
+    assert json.loads((again / "tokenize" / "report.json").read_text())["sasrec"] == report["sasrec"]
+    assert (cached / "model.pt").stat().st_mtime_ns == stamp
     # items added by text later get zeros for the SASRec part and a unique ID, without a refit
     new = pd.DataFrame({"item_id": ["n1"], "title": ["Toy Story 5 (2027)"], "genres": ["Animation"]})
     assert dict(add_items(run, new))["n1"] not in {catalog.sid(i) for i in range(len(catalog))}

@@ -15,8 +15,10 @@ Semantic IDs are codes of item *vectors*. This module makes those vectors:
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
+import shutil
 import string
 from pathlib import Path
 from typing import Any, Sequence
@@ -323,7 +325,23 @@ def collaborative_embeddings(sequences: Sequence[Sequence[int]], n_items: int, d
     return out
 
 
-def sasrec_embeddings(dataset, config, progress: bool = True) -> tuple[np.ndarray, Any]:
+def sasrec_cache_key(dataset, config) -> str:
+    """Content hash of what a SASRec fit depends on: every user's items (valid targets pick its
+    epoch), the item order, and its settings (but the thread count)."""
+    from dataclasses import asdict
+
+    h = hashlib.sha256()
+    h.update(f"genrec-sasrec-vectors-v{CACHE_VERSION}\n".encode())
+    settings = {k: v for k, v in asdict(config).items() if k != "num_threads"}
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    h.update("\x1e".join(map(str, dataset.items["item_id"])).encode())
+    for items in dataset.sequences["items"]:
+        h.update(("\x1f".join(map(str, items)) + "\x1e").encode())
+    return h.hexdigest()[:32]
+
+
+def sasrec_embeddings(dataset, config, cache_dir: str | os.PathLike | None = None,
+                      progress: bool = True) -> tuple[np.ndarray, Any]:
     """Item vectors from SASRec's tied item table: float32 ``(n_items, config.hidden)``, rows L2-normalised.
 
     SASRec (:mod:`genrec.evaluation.sasrec`, the baseline's own model and settings) is fit on
@@ -334,10 +352,25 @@ def sasrec_embeddings(dataset, config, progress: bool = True) -> tuple[np.ndarra
     generative model has to decode level by level (ReSID, Liang et al. 2026, argues the same
     for recommendation-native item encoders). Returns the vectors and the fitted
     :class:`~genrec.evaluation.sasrec.SASRecRecommender` (to save, or read its best epoch).
+
+    The fit takes minutes, so with ``cache_dir`` the fitted model is kept in
+    ``cache_dir/sasrec-<key>/`` (:func:`sasrec_cache_key`) and a second tokenize of the same
+    data and settings (another quantizer, ``both`` instead of ``collab``) loads it.
     """
     from genrec.evaluation.sasrec import SASRecRecommender
 
-    rec = SASRecRecommender(config).fit(dataset, progress=progress)
+    cached = Path(cache_dir) / f"sasrec-{sasrec_cache_key(dataset, config)}" if cache_dir is not None else None
+    if cached is not None and (cached / "sasrec.json").is_file():
+        rec = SASRecRecommender.load(cached)
+    else:
+        rec = SASRecRecommender(config).fit(dataset, progress=progress)
+        if cached is not None:
+            tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+            rec.save(tmp)
+            try:
+                os.replace(tmp, cached)      # whole folder or nothing: a reader never loads half a model
+            except OSError:                  # a concurrent fit got there first: keep its copy
+                shutil.rmtree(tmp, ignore_errors=True)
     table = rec.model.item_emb.weight[1:].detach().float().numpy()   # row 0 is padding
     return l2_normalize(table), rec
 

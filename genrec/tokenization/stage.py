@@ -62,15 +62,15 @@ def item_vectors(dataset: PreparedDataset, cfg: GenrecConfig,
         raise GenrecError(f"unknown tokenize.embedding.collab_method {ecfg.collab_method!r}",
                           f"use one of {', '.join(COLLAB_METHODS)}")
     vecs, report, fitted = [], {}, {}
+    cache = cfg.resolve_path(ecfg.cache_dir) if ecfg.cache_dir else Path(".cache/embeddings")
     if ecfg.source in ("text", "both"):
         if not any(t.strip() for t in texts):
             raise GenrecError("the items have no text to embed",
                               "set tokenize.embedding.source: collab (IDs from interactions)")
-        cache = cfg.resolve_path(ecfg.cache_dir) if ecfg.cache_dir else Path(".cache/embeddings")
         vecs.append(text_embeddings(texts, model=ecfg.model, batch_size=ecfg.batch_size, cache_dir=cache))
     if ecfg.source in ("collab", "both"):
         if ecfg.collab_method == "sasrec":
-            collab, rec = sasrec_embeddings(dataset, cfg.sasrec)
+            collab, rec = sasrec_embeddings(dataset, cfg.sasrec, cache_dir=cache)
             fitted[SASREC_DIR] = rec
             report["sasrec"] = {"best_epoch": rec.best_epoch, "best_valid_ndcg@10": round(rec.best_valid_ndcg, 5),
                                 "train_seconds": round(rec.train_seconds, 1)}
