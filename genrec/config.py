@@ -166,6 +166,16 @@ class TrainConfig:
                              "shown item after the first is predicted from the items before it (over the "
                              "code tokens only), so one example trains every transition it shows, as "
                              "SASRec does. 0 turns it off.")
+    distill_from: Optional[str] = _f(None, "Folder of a trained SASRec to distill from (written by "
+                                     "SASRecRecommender.save: `RUN/tokenize/collab_sasrec` of a "
+                                     "`collab_method: sasrec` run, or `genrec baseline sasrec`'s "
+                                     "`RUN/baselines/sasrec`), trained on the same prepared data. Every "
+                                     "ID token of a next-item example then also learns the teacher's "
+                                     "distribution over that level's codes (genrec/training/distill.py).")
+    distill_weight: float = _f(0.0, "Weight of the distillation loss (soft cross-entropy against the "
+                               "teacher's code distribution, on the same tokens as the answer and "
+                               "history losses). 0 turns it off.")
+    distill_temperature: float = _f(1.0, "Temperature of the teacher's item softmax (> 1: softer).")
     lr: float = _f(5e-4, "Peak learning rate (AdamW).")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     warmup_ratio: float = _f(0.05, "Share of steps with linear warm-up before the cosine decay.")

@@ -157,6 +157,105 @@ def test_history_loss_is_code_only_cross_entropy(demo_run, smollm2_dir):
     assert torch.allclose(both - base, 0.5 * expected, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def demo_teacher(demo_run, tmp_path_factory) -> Path:
+    """A small SASRec-CE fit on the demo set, saved as a distillation teacher."""
+    from genrec.config import SASRecConfig
+    from genrec.evaluation.sasrec import SASRecRecommender
+
+    folder = tmp_path_factory.mktemp("teacher")
+    ds = PreparedDataset.load(demo_run / "data")
+    SASRecRecommender(SASRecConfig(hidden=32, epochs=3, num_threads=1)).fit(ds, progress=False).save(folder)
+    return folder
+
+
+def _teacher_by_hand(teacher, items: list[int], j: int, level: int, codes: np.ndarray) -> np.ndarray:
+    """The teacher's level-``level`` code distribution for ``items[j]``, one example at a time."""
+    from genrec.evaluation.sasrec import _left_pad
+
+    with torch.no_grad():
+        h = teacher.model(_left_pad([[i + 1 for i in items[:-1]]], 50))[0, j - 1]   # state after items[j-1]
+        p = torch.softmax(teacher.model.logits(h), -1).numpy()
+    same = (codes[:, :level] == codes[items[j], :level]).all(1)
+    out = np.bincount(codes[same, level], weights=p[same], minlength=int(codes[:, level].max()) + 1)
+    return out / out.sum()
+
+
+def test_distillation_targets_are_the_teachers_code_mass(demo_run, demo_teacher, tmp_path):
+    run = copy_prepared(demo_run, tmp_path / "kd")
+    over = ["train.history_loss=1.0", "train.next_item_examples=windows", f"train.distill_from={demo_teacher}",
+            "train.distill_weight=1.0"]
+    t = Trainer(_cfg(run, *over), progress=False)
+    t._setup()
+    t._orders = {}
+    examples = t._batch_for(0, 0)
+    batch = collate(examples, t.formatter_pad_id, t.tcfg.max_seq_len)
+    rows, pos, dists = t._distill_targets(examples, batch["input_ids"].shape[1])
+    codes = np.asarray(t.catalog.codes)
+    code_ids = t._code_ids_t
+    depth = t.catalog.depth
+    # one slot per ID token of every shown item after the first and of the answer
+    n_items = sum(len(ex.items) - 1 for ex in examples)
+    assert len(rows) == depth * n_items
+    assert torch.allclose(dists.sum(1), torch.ones(len(dists)), atol=1e-5)
+    # every slot sits on a code token, and the true code there always has teacher mass
+    tok = batch["input_ids"][rows, pos]
+    col = torch.searchsorted(code_ids, tok)
+    assert (code_ids[col] == tok).all() and (dists[torch.arange(len(dists)), col] > 0).all()
+    # each distribution is the teacher's item softmax summed under the prefix, level by level
+    width = batch["input_ids"].shape[1]
+    checked = set()
+    for n in range(len(rows)):
+        r, p = int(rows[n]), int(pos[n])
+        ex = examples[r]
+        seq = ex.input_ids[-t.tcfg.max_seq_len:]
+        slot = next(s for s in t.teacher.slots(seq, ex.items, t.formatter.code_token_ids)
+                    if s[0] + width - len(seq) == p)
+        _, j, level = slot
+        if level in checked and len(checked) == depth:
+            break
+        checked.add(level)
+        expect = _teacher_by_hand(t.teacher, ex.items, j, level, codes)
+        level_tokens = t.tokenizer.convert_tokens_to_ids([f"<{'abcdefgh'[level]}_{c}>" for c in range(len(expect))])
+        got = dists[n, torch.searchsorted(code_ids, torch.tensor(level_tokens))].numpy()
+        np.testing.assert_allclose(got, expect, atol=1e-5)
+        assert tok[n] == level_tokens[codes[ex.items[j], level]]
+    assert checked == set(range(depth))
+
+
+def test_distillation_pulls_the_student_to_the_teacher(demo_run, demo_teacher, tmp_path):
+    from genrec.training.trainer import answer_loss
+
+    over = ["train.history_loss=1.0", "train.next_item_examples=windows", "train.max_steps=40", "train.lr=0.01"]
+    kd = [f"train.distill_from={demo_teacher}", "train.distill_weight=1.0"]
+    soft_ce = {}
+    for name, extra in (("plain", []), ("distilled", kd)):
+        t = Trainer(_cfg(copy_prepared(demo_run, tmp_path / name), *over, *extra), progress=False)
+        t.train()
+        # the distillation term of held-out batches (steps past the training ones), for both students
+        probe = Trainer(_cfg(copy_prepared(demo_run, tmp_path / f"{name}-probe"), *over, *kd), progress=False)
+        probe._setup()
+        probe._orders = {}
+        total = 0.0
+        with torch.no_grad():
+            for step in range(60, 64):
+                exs = probe._batch_for(step, 0)
+                b = collate(exs, probe.formatter_pad_id, probe.tcfg.max_seq_len)
+                b["distill"] = probe._distill_targets(exs, b["input_ids"].shape[1])
+                total += float(answer_loss(t.model.eval(), b, t._code_ids_t, 0.0, 1.0) - answer_loss(t.model, b))
+        soft_ce[name] = total / 4
+    assert soft_ce["distilled"] < soft_ce["plain"] - 0.05, soft_ce
+
+
+def test_distillation_settings_are_checked_before_training(demo_run, tmp_path):
+    with pytest.raises(GenrecError, match="distill_from names no teacher"):
+        Trainer(_cfg(demo_run, "train.distill_weight=1.0"), progress=False)
+    with pytest.raises(GenrecError, match="holds no saved SASRec"):
+        Trainer(_cfg(demo_run, "train.distill_weight=1.0", f"train.distill_from={tmp_path}"), progress=False)
+    with pytest.raises(GenrecError, match="distill_weight is -1"):
+        Trainer(_cfg(demo_run, "train.distill_weight=-1"), progress=False)
+
+
 def test_unknown_task_and_finetune_are_clear_errors(demo_run):
     with pytest.raises(GenrecError, match="unknown task 'nextitem'"):
         Trainer(_cfg(demo_run, "train.tasks={nextitem: 1.0}"), progress=False)

@@ -48,6 +48,8 @@ class Example:
             tokens of every history item after the first shown one, IGNORE_INDEX
             elsewhere (same length as ``input_ids``); the trainer's auxiliary loss
             predicts each of them from the tokens before it. None otherwise.
+        items: for ``next_item`` examples, the catalog rows the prompt shows, oldest first,
+            then the target (what a distillation teacher reads). None otherwise.
     """
 
     input_ids: list[int]
@@ -55,6 +57,7 @@ class Example:
     task: str
     target: int = -1
     history_labels: list[int] | None = None
+    items: list[int] | None = None
 
 
 @dataclass
@@ -151,6 +154,7 @@ class PromptFormatter:
     def next_item(self, history: Sequence[int], target: int, history_labels: bool = False) -> Example:
         """History -> the target's ID; ``history_labels`` also labels the history's own IDs."""
         ex = self._example(self.next_item_text(history), self.catalog.sid(target), "next_item", target)
+        ex.items = list(history)[-self.max_history:] + [target]
         if history_labels:
             prompt_len = next(i for i, t in enumerate(ex.labels) if t != IGNORE_INDEX)
             ex.history_labels = self._history_id_labels(ex.input_ids, prompt_len)

@@ -109,7 +109,7 @@ def _left_padded_labels(rows: list[list[int]], width: int) -> torch.Tensor:
 
 
 def answer_loss(model, batch: dict, code_ids: torch.Tensor | None = None,
-                history_weight: float = 0.0) -> torch.Tensor:
+                history_weight: float = 0.0, distill_weight: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy over answer tokens, computing logits only where answers are.
 
     With ``history_weight`` > 0 and a batch holding ``history_labels``, adds that
@@ -117,9 +117,14 @@ def answer_loss(model, batch: dict, code_ids: torch.Tensor | None = None,
     tokens before it. Those logits are taken over ``code_ids`` only (rows of the
     output head): an ID inside the history can only be a code token, and the full
     vocabulary at every history position would cost ~6x the model's own forward.
+
+    With ``distill_weight`` > 0 and a batch holding ``distill`` (rows, token positions,
+    teacher distributions over ``code_ids``; see :mod:`genrec.training.distill`), adds that
+    weight times the soft cross-entropy of the code logits at those tokens against the teacher.
     """
     keep = batch["keep"]
-    aux = history_weight > 0 and "history_labels" in batch and code_ids is not None
+    distill = distill_weight > 0 and "distill" in batch and code_ids is not None
+    aux = (history_weight > 0 and "history_labels" in batch and code_ids is not None) or distill
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 position_ids=batch["position_ids"], logits_to_keep=keep, use_cache=False,
                 output_hidden_states=aux)
@@ -127,7 +132,13 @@ def answer_loss(model, batch: dict, code_ids: torch.Tensor | None = None,
     targets = batch["labels"][:, -(keep - 1):] if keep > 1 else batch["labels"][:, :0]
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                              ignore_index=IGNORE_INDEX)
-    if aux:
+    if distill:
+        rows, cols, teacher = batch["distill"]
+        if len(rows):
+            hidden = out.hidden_states[-1][rows, cols - 1]
+            log_q = torch.log_softmax(_code_logits(model, hidden, code_ids).float(), dim=-1)
+            loss = loss + distill_weight * -(teacher * log_q).sum(-1).mean()
+    if aux and history_weight > 0 and "history_labels" in batch:
         rows, cols = (batch["history_labels"] != IGNORE_INDEX).nonzero(as_tuple=True)
         if len(rows):
             hidden = out.hidden_states[-1][rows, cols - 1]      # the final-norm states before each ID token
@@ -185,7 +196,9 @@ def _config_hash(cfg: GenrecConfig) -> str:
     # options added later count only when set, so checkpoints made before them still resume
     for path, default in (("train.next_item_examples", "prefixes"), ("train.history_loss", 0.0),
                           ("train.anneal_by_time", False), ("model.dropout", 0.0),
-                          ("train.item_tokens", False), ("tokenize.embedding.collab_method", "ppmi")):
+                          ("train.item_tokens", False), ("tokenize.embedding.collab_method", "ppmi"),
+                          ("train.distill_from", None), ("train.distill_weight", 0.0),
+                          ("train.distill_temperature", 1.0)):
         *parents, key = path.split(".")
         section = relevant
         for p in parents:
@@ -249,6 +262,16 @@ class Trainer:
             raise GenrecError(f"train.history_loss is {self.tcfg.history_loss}; it is a weight",
                               "use 0 (off) or a positive weight such as 1.0")
         check_dropout(cfg.model.dropout)
+        if self.tcfg.distill_weight < 0:
+            raise GenrecError(f"train.distill_weight is {self.tcfg.distill_weight}; it is a weight",
+                              "use 0 (off) or a positive weight such as 1.0")
+        if self.tcfg.distill_weight > 0 and not self.tcfg.distill_from:
+            raise GenrecError("train.distill_weight is set but train.distill_from names no teacher",
+                              "set train.distill_from to a saved SASRec folder, e.g. RUN/tokenize/collab_sasrec")
+        if self.tcfg.distill_weight > 0 and not (Path(self.tcfg.distill_from) / "sasrec.json").is_file():
+            raise GenrecError(f"train.distill_from {self.tcfg.distill_from} holds no saved SASRec",
+                              "point it at RUN/tokenize/collab_sasrec (collab_method: sasrec) or at the "
+                              "output of `genrec baseline sasrec` (RUN/baselines/sasrec)")
         bad = set(self.tcfg.tasks) - set(TASKS)
         if bad:
             raise GenrecError(f"unknown task {sorted(bad)[0]!r} in train.tasks", f"tasks are {', '.join(TASKS)}")
@@ -273,6 +296,11 @@ class Trainer:
                                           next_item_examples=self.tcfg.next_item_examples,
                                           history_labels=self.tcfg.history_loss > 0)
         self._code_ids_t = torch.tensor(sorted(self.code_ids), dtype=torch.long)  # build_model's code rows
+        self.teacher = None
+        if self.tcfg.distill_weight > 0:
+            from genrec.training.distill import SASRecTeacher
+            self.teacher = SASRecTeacher(self.tcfg.distill_from, self.catalog, self.tokenizer, self._code_ids_t,
+                                         self.tcfg.distill_temperature)
         if not self.examples:
             raise GenrecError("no training examples (every user has fewer than 4 interactions?)",
                               "check the data section (k-core, dataset) or the train.tasks weights")
@@ -314,6 +342,18 @@ class Trainer:
         order = self._orders.setdefault(epoch, self._order(epoch))
         idx = order[offset:offset + bs] or order[:bs]
         return [self.examples[i] for i in idx[self.rank::self.world]]
+
+    def _distill_targets(self, examples: list[Example], width: int):
+        """The teacher's (rows, token columns, code distributions) for a collated batch."""
+        max_len, codes = self.tcfg.max_seq_len, self.formatter.code_token_ids
+        items, slots = [], []
+        for ex in examples:
+            seq = ex.input_ids[-max_len:]
+            offset = width - len(seq)                      # left padding (collate)
+            sl = self.teacher.slots(seq, ex.items, codes) if ex.items else []
+            items.append(ex.items or [])
+            slots.append([(offset + p, j, level) for p, j, level in sl])
+        return self.teacher.targets(items, slots)
 
     def evaluate(self) -> dict[str, float]:
         """Validation Recall/NDCG with the constrained beam search on the sampled users."""
@@ -381,10 +421,13 @@ class Trainer:
         while state.step < self.total_steps:
             loss_sum = 0.0
             for micro in range(self.tcfg.grad_accum):
-                batch = collate(self._batch_for(state.step, micro), self.formatter_pad_id, self.tcfg.max_seq_len)
+                examples = self._batch_for(state.step, micro)
+                batch = collate(examples, self.formatter_pad_id, self.tcfg.max_seq_len)
+                if self.teacher is not None:
+                    batch["distill"] = self._distill_targets(examples, batch["input_ids"].shape[1])
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.tcfg.bf16):
-                    loss = answer_loss(self.forward_model, batch, self._code_ids_t,
-                                       self.tcfg.history_loss) / self.tcfg.grad_accum
+                    loss = answer_loss(self.forward_model, batch, self._code_ids_t, self.tcfg.history_loss,
+                                       self.tcfg.distill_weight) / self.tcfg.grad_accum
                 loss.backward()
                 loss_sum += loss.detach().item()
                 tokens_seen += int(batch["attention_mask"].sum())
