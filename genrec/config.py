@@ -169,7 +169,8 @@ class TrainConfig:
     distill_from: Optional[str] = _f(None, "Folder of a trained SASRec to distill from (written by "
                                      "SASRecRecommender.save: `RUN/tokenize/collab_sasrec` of a "
                                      "`collab_method: sasrec` run, or `genrec baseline sasrec`'s "
-                                     "`RUN/baselines/sasrec`), trained on the same prepared data. Every "
+                                     "`RUN/baselines/sasrec`; relative to the working directory, like "
+                                     "run_dir), trained on the same prepared data. Every "
                                      "ID token of a next-item example then also learns the teacher's "
                                      "distribution over that level's codes (genrec/training/distill.py).")
     distill_weight: float = _f(0.0, "Weight of the distillation loss (soft cross-entropy against the "
