@@ -126,6 +126,7 @@ def recommend(run: Path = typer.Argument(..., help="Run folder with an exported 
     from genrec.data import PreparedDataset
     from genrec.evaluation.evaluate import split_rows
     from genrec.serving.recommender import Recommender
+    from genrec.precision import use_bf16
     dataset = PreparedDataset.load(run / "data")
     user_ids, histories, _ = split_rows(dataset, split)
     if users is not None:
@@ -149,7 +150,7 @@ def recommend(run: Path = typer.Argument(..., help="Run folder with an exported 
         rec.close()
     else:
         rec = Recommender.from_folder(run / "model")
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not fp32):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(not fp32)):
             ranked = rec.recommend(histories, k=k, num_beams=num_beams, exclude=exclude, batch_size=batch_size,
                                    progress=True)
     out = output or run / f"recommendations_{split}.jsonl"

@@ -192,7 +192,8 @@ class TrainConfig:
     batch_size: int = _f(16, "Examples per forward pass.")
     grad_accum: int = _f(1, "Forward passes per optimizer step.")
     max_seq_len: int = _f(256, "Longest example in tokens (longer prompts lose their oldest tokens).")
-    bf16: bool = _f(True, "bf16 autocast for forward/backward (fp32 master weights).")
+    bf16: bool = _f(True, "bf16 autocast for forward/backward (fp32 master weights) where the CPU runs bf16 "
+                                 "natively; fp32 with a warning where it only emulates it (genrec/precision.py).")
     eval_every: int = _f(200, "Validate every N optimizer steps (0: only at the end).")
     eval_users: int = _f(300, "Validation users sampled for each evaluation (0: all).")
     save_every: int = _f(200, "Checkpoint every N optimizer steps (resume point); 0: only at the end.")
@@ -212,7 +213,8 @@ class EvalConfig:
     batch_size: int = _f(16, "Users per decoding batch.")
     exclude_seen: bool = _f(False, "Never recommend items already in the user's history.")
     max_users: int = _f(0, "Evaluate at most this many users of the split (0: all); sampled with the seed.")
-    bf16: bool = _f(True, "Decode in bf16 (fp32 when false; use fp32 to compare rankings exactly).")
+    bf16: bool = _f(True, "Decode in bf16 where the CPU runs it natively (fp32 when false or where bf16 is "
+                                 "emulated; use fp32 to compare rankings exactly).")
 
 
 @dataclass

@@ -27,6 +27,7 @@ import torch
 from genrec.data import PreparedDataset
 from genrec.evaluation.evaluate import split_rows
 from genrec.evaluation.metrics import evaluate_rankings
+from genrec.precision import use_bf16
 from genrec.serving.conversation import TitleIndex, read_conversation
 from genrec.serving.recommender import Recommender
 from genrec.training.prompts import CONVERSATION_ITEMS
@@ -37,6 +38,7 @@ def evaluate_conversational(run_dir: str | Path, split: str = "test", k: int = 1
                             progress: bool = True) -> dict:
     """Recall/NDCG of ID prompts vs the same histories given as text; written to RUN/eval."""
     run = Path(run_dir)
+    bf16 = use_bf16(bf16)
     dataset = PreparedDataset.load(run / "data")
     rec = Recommender.from_folder(run / "model")
     fmt, catalog = rec.formatter, rec.catalog

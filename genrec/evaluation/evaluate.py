@@ -12,6 +12,7 @@ import torch
 from genrec.data import PreparedDataset
 from genrec.evaluation.baselines import PopularityRecommender
 from genrec.evaluation.metrics import evaluate_rankings
+from genrec.precision import use_bf16
 from genrec.serving.recommender import Recommender
 from genrec.errors import GenrecError
 
@@ -37,6 +38,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", k: int = 10, num_beam
 
     run = Path(run_dir)
     commit = git_commit()
+    bf16 = use_bf16(bf16)  # what the result records is what ran
     dataset = PreparedDataset.load(run / "data")
     rec = Recommender.from_folder(run / "model")
     users, histories, targets = split_rows(dataset, split, max_users, seed)

@@ -41,6 +41,7 @@ from genrec.config import GenrecConfig
 from genrec.data import PreparedDataset
 from genrec.errors import GenrecError
 from genrec.evaluation.metrics import evaluate_rankings
+from genrec.precision import use_bf16
 from genrec.runs import RunFolder
 from genrec.serving.beam_search import left_pad
 from genrec.serving.recommender import PROMPT_FILE, Recommender
@@ -286,6 +287,7 @@ class Trainer:
         if self.tcfg.num_threads:
             torch.set_num_threads(self.tcfg.num_threads)   # process-wide: a training process does only this
         torch.manual_seed(self.cfg.seed)
+        self.bf16 = use_bf16(self.tcfg.bf16)  # fp32 on CPUs that only emulate bf16 (many times slower there)
         self.tokenizer, self.model, self.code_ids = build_model(self.cfg, self.catalog)
         self.formatter = PromptFormatter(self.tokenizer, self.catalog, max_history=self.cfg.data.max_history,
                                          with_titles=self.tcfg.with_titles, item_tokens=self.tcfg.item_tokens,
@@ -360,7 +362,7 @@ class Trainer:
         self.model.eval()
         rec = Recommender(self.model, self.formatter, self.trie)
         ecfg = self.cfg.eval
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.tcfg.bf16 and ecfg.bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16 and ecfg.bf16):
             ranked = rec.recommend([h for h, _ in self.valid], k=ecfg.top_k, num_beams=ecfg.num_beams,
                                    batch_size=ecfg.batch_size)
         self.model.train()
@@ -425,7 +427,7 @@ class Trainer:
                 batch = collate(examples, self.formatter_pad_id, self.tcfg.max_seq_len)
                 if self.teacher is not None:
                     batch["distill"] = self._distill_targets(examples, batch["input_ids"].shape[1])
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.tcfg.bf16):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
                     loss = answer_loss(self.forward_model, batch, self._code_ids_t, self.tcfg.history_loss,
                                        self.tcfg.distill_weight) / self.tcfg.grad_accum
                 loss.backward()
@@ -519,7 +521,7 @@ class Trainer:
         model.eval()
         info = {"best_step": state.best_step, "best_valid_ndcg@10": state.best_metric,
                 "steps": state.step, "stop_reason": state.stop_reason, "base_model": self.cfg.model.name,
-                "finetune": self.tcfg.finetune}
+                "finetune": self.tcfg.finetune, "bf16": self.bf16}
         with self.run.stage("model", info) as out:
             model.save_pretrained(out, safe_serialization=True)
             self.tokenizer.save_pretrained(out)
