@@ -6,7 +6,7 @@
 # config.yaml names them right.
 src=$1; name=$2; steps=$3; shift 3
 d=runs/$name
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+export OMP_NUM_THREADS=${THREADS:-1} MKL_NUM_THREADS=${THREADS:-1}   # THREADS=2 when it runs alone
 read -r embed_source collab_method < <(.venv/bin/python -c "import json,sys; t=json.load(open(sys.argv[1]))['stages']['tokenize']; print(t['embedding_source'], t.get('collab_method') or 'ppmi')" $src/manifest.json) || exit 1
 .venv/bin/python bench/quality_jobs.py copy-stages $src $d || exit 1
 O=(-s run_dir=$d -s tokenize.embedding.source=$embed_source -s tokenize.embedding.collab_method=$collab_method -s train.max_steps=$steps -s train.max_minutes=80 -s train.eval_every=$((steps/4)) -s train.save_every=$((steps/4)) -s train.history_loss=1.0 -s train.next_item_examples=windows "$@")
