@@ -17,7 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from genrec.config import load_config
-from genrec.precision import use_bf16
+from genrec.precision import autocast
 from genrec.training.trainer import Trainer, answer_loss, collate
 
 
@@ -42,7 +42,7 @@ def bench(config: str, run: str, overrides: list[str], steps: int, batch: int) -
 
     def one(step: int):
         batch_ = collate(trainer._batch_for(step, 0), pad, cfg.train.max_seq_len)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(cfg.train.bf16)):
+        with autocast(cfg.train.bf16):
             loss = answer_loss(model, batch_)
         loss.backward()
         trainer.optimizer.step()

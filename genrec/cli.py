@@ -122,11 +122,10 @@ def recommend(run: Path = typer.Argument(..., help="Run folder with an exported 
               backend: str = typer.Option("hf", help="hf (transformers) or vllm (a vLLM engine, fp32)."),
               batch_size: int = typer.Option(16, help="Users decoded together.")) -> None:
     """Top-k items per user as JSONL: user, ranked items (id, semantic ID, title, score)."""
-    import torch
     from genrec.data import PreparedDataset
     from genrec.evaluation.evaluate import split_rows
     from genrec.serving.recommender import Recommender
-    from genrec.precision import use_bf16
+    from genrec.precision import autocast
     dataset = PreparedDataset.load(run / "data")
     user_ids, histories, _ = split_rows(dataset, split)
     if users is not None:
@@ -150,7 +149,7 @@ def recommend(run: Path = typer.Argument(..., help="Run folder with an exported 
         rec.close()
     else:
         rec = Recommender.from_folder(run / "model")
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(not fp32)):
+        with autocast(not fp32):
             ranked = rec.recommend(histories, k=k, num_beams=num_beams, exclude=exclude, batch_size=batch_size,
                                    progress=True)
     out = output or run / f"recommendations_{split}.jsonl"

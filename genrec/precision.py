@@ -4,7 +4,7 @@ bf16 autocast halves the cost of a matmul only on CPUs that run bf16 natively (A
 Arm BF16). Elsewhere oneDNN emulates it: on an AVX2-only AMD EPYC a 1024^3 bf16 matmul ran at
 0.84 GFLOP/s against 36.8 in fp32 (44x slower), and a training step of the 4x128 scratch model
 took 30 s instead of 3.2. So ``bf16: true`` in a config means "bf16 where it is fast": every
-autocast in genrec asks :func:`use_bf16`, which times one small matmul in each precision the
+autocast in genrec is :func:`autocast`, which asks :func:`use_bf16`, which times one small matmul in each precision the
 first time it is asked and falls back to fp32, with a warning, where bf16 is slower.
 """
 
@@ -51,6 +51,11 @@ def use_bf16(requested: bool, device: str | torch.device = "cpu") -> bool:
         return True
     _warn_fallback()
     return False
+
+
+def autocast(requested: bool) -> torch.autocast:
+    """The CPU bf16 autocast context every genrec forward runs under: on only where :func:`use_bf16` says so."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(requested))
 
 
 @functools.lru_cache(maxsize=None)

@@ -22,12 +22,11 @@ import random
 import time
 from pathlib import Path
 
-import torch
 
 from genrec.data import PreparedDataset
 from genrec.evaluation.evaluate import split_rows
 from genrec.evaluation.metrics import evaluate_rankings
-from genrec.precision import use_bf16
+from genrec.precision import autocast, use_bf16
 from genrec.serving.conversation import TitleIndex, read_conversation
 from genrec.serving.recommender import Recommender
 from genrec.training.prompts import CONVERSATION_ITEMS
@@ -66,7 +65,7 @@ def evaluate_conversational(run_dir: str | Path, split: str = "test", k: int = 1
     }
     for name, plist in prompts.items():
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with autocast(bf16):
             ranked = rec.recommend([], k=k, num_beams=num_beams, batch_size=batch_size, prompts=plist,
                                    progress=progress)
         metrics = evaluate_rankings([[r.index for r in row] for row in ranked], targets, len(catalog), ks=ks)

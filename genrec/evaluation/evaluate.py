@@ -7,12 +7,11 @@ import random
 import time
 from pathlib import Path
 
-import torch
 
 from genrec.data import PreparedDataset
 from genrec.evaluation.baselines import PopularityRecommender
 from genrec.evaluation.metrics import evaluate_rankings
-from genrec.precision import use_bf16
+from genrec.precision import autocast, use_bf16
 from genrec.serving.recommender import Recommender
 from genrec.errors import GenrecError
 
@@ -44,7 +43,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", k: int = 10, num_beam
     users, histories, targets = split_rows(dataset, split, max_users, seed)
     exclude = histories if exclude_seen else None
     t0 = time.perf_counter()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with autocast(bf16):
         ranked = rec.recommend(histories, k=k, num_beams=num_beams, batch_size=batch_size,
                                exclude=exclude, progress=progress)
     seconds = time.perf_counter() - t0

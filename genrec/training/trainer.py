@@ -41,7 +41,7 @@ from genrec.config import GenrecConfig
 from genrec.data import PreparedDataset
 from genrec.errors import GenrecError
 from genrec.evaluation.metrics import evaluate_rankings
-from genrec.precision import use_bf16
+from genrec.precision import autocast, use_bf16
 from genrec.runs import RunFolder
 from genrec.serving.beam_search import left_pad
 from genrec.serving.recommender import PROMPT_FILE, Recommender
@@ -362,7 +362,7 @@ class Trainer:
         self.model.eval()
         rec = Recommender(self.model, self.formatter, self.trie)
         ecfg = self.cfg.eval
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16 and ecfg.bf16):
+        with autocast(self.bf16 and ecfg.bf16):
             ranked = rec.recommend([h for h, _ in self.valid], k=ecfg.top_k, num_beams=ecfg.num_beams,
                                    batch_size=ecfg.batch_size)
         self.model.train()
@@ -427,7 +427,7 @@ class Trainer:
                 batch = collate(examples, self.formatter_pad_id, self.tcfg.max_seq_len)
                 if self.teacher is not None:
                     batch["distill"] = self._distill_targets(examples, batch["input_ids"].shape[1])
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                with autocast(self.bf16):
                     loss = answer_loss(self.forward_model, batch, self._code_ids_t, self.tcfg.history_loss,
                                        self.tcfg.distill_weight) / self.tcfg.grad_accum
                 loss.backward()
