@@ -1,5 +1,7 @@
-# make demo : prepare -> tokenize -> fine-tune -> evaluate on the bundled MovieTweetings set
+# make demo : the whole pipeline on the bundled MovieTweetings set, then serve it (see genrec/demo.py)
+# make demo-smollm2 : the same with SmolLM2-135M + LoRA (what `make demo` picks on a CUDA machine)
 # make test : the test suite
+# make lint : ruff (lint + format check)
 # Both create .venv on first use and install the whole pinned stack into it.
 
 PY      ?= python3.11
@@ -13,7 +15,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test bench clean
+.PHONY: install demo demo-smollm2 test lint bench clean
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -34,10 +36,17 @@ $(STAMP): | $(VPY)
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/genrec demo configs/demo.yaml
+	$(VENV)/bin/genrec demo
+
+demo-smollm2: install
+	$(VENV)/bin/genrec demo configs/demo-smollm2.yaml
 
 test: install
-	$(VPY) -m pytest -q --durations=10 tests
+	$(VPY) -m pytest -q --durations=15 tests
+
+lint: install
+	$(VENV)/bin/ruff check genrec tests bench tools
+	$(VENV)/bin/ruff format --check genrec tests bench tools
 
 bench: install
 	$(VPY) bench/prepare_tokenize.py

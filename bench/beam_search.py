@@ -19,14 +19,16 @@ import time
 import numpy as np
 import torch
 
-from genrec.serving.beam_search import left_pad
+from genrec.decoding.beam_search import left_pad
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-WORDS = ("classic wireless compact stainless organic vintage premium leather portable ceramic deluxe "
-         "kitchen garden travel office outdoor camera speaker blender jacket novel lamp kettle mug "
-         "headphones backpack notebook puzzle guitar candle").split()
+WORDS = (
+    "classic wireless compact stainless organic vintage premium leather portable ceramic deluxe "
+    "kitchen garden travel office outdoor camera speaker blender jacket novel lamp kettle mug "
+    "headphones backpack notebook puzzle guitar candle"
+).split()
 
 
 def synthetic_catalog(n_items: int, last_level: int, seed: int = 0):
@@ -48,10 +50,13 @@ def prompts_for(tokenizer, catalog, n_users: int, seed: int = 1) -> list[list[in
     for _ in range(n_users):
         history = rng.choice(len(catalog), int(rng.integers(5, 9)), replace=False)
         lines = "; ".join(f"{catalog.sid(i)} {catalog.titles[i]}" for i in history)
-        messages = [{"role": "system", "content": "You are a recommender system. Answer with one item ID."},
-                    {"role": "user", "content": f"I recently bought: {lines}. What should I buy next?"}]
-        out.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                 return_dict=False))
+        messages = [
+            {"role": "system", "content": "You are a recommender system. Answer with one item ID."},
+            {"role": "user", "content": f"I recently bought: {lines}. What should I buy next?"},
+        ]
+        out.append(
+            tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        )
     return out
 
 
@@ -65,7 +70,7 @@ def run(decoders: dict, prompts: list[list[int]], batch: int, pad_id: int, repea
     seconds = {name: 0.0 for name in decoders}
     ranked: dict[str, list] = {name: [] for name in decoders}
     for start in range(0, len(prompts), batch):
-        ids, mask = left_pad(prompts[start:start + batch], pad_id)
+        ids, mask = left_pad(prompts[start : start + batch], pad_id)
         best = {name: float("inf") for name in decoders}
         for rep in range(repeats):
             for name, decode in decoders.items():
@@ -96,10 +101,10 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from genrec.serving.beam_search import constrained_beam_search, generate_reference
+    from genrec.decoding.beam_search import constrained_beam_search, generate_reference
     from genrec.tokenization.trie import ItemTrie
     from genrec.tokenization.vocab import resize_model_for_catalog
-    from genrec.training.models import prepare_smollm2
+    from genrec.models.base_lm import prepare_smollm2
 
     folder = prepare_smollm2()
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
@@ -112,9 +117,11 @@ def main() -> None:
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     prompts = prompts_for(tok, catalog, args.users)
     lengths = [len(p) for p in prompts]
-    print(f"model SmolLM2-135M {args.dtype}, {len(catalog)} items, trie depth {trie.depth}, "
-          f"{args.users} users, prompt tokens {min(lengths)}-{max(lengths)} (mean {np.mean(lengths):.0f}), "
-          f"beams {args.beams}, top-{args.top_k}, {torch.get_num_threads()} threads\n")
+    print(
+        f"model SmolLM2-135M {args.dtype}, {len(catalog)} items, trie depth {trie.depth}, "
+        f"{args.users} users, prompt tokens {min(lengths)}-{max(lengths)} (mean {np.mean(lengths):.0f}), "
+        f"beams {args.beams}, top-{args.top_k}, {torch.get_num_threads()} threads\n"
+    )
 
     timings: dict[str, float] = {}
 
@@ -133,8 +140,12 @@ def main() -> None:
         timings.clear()
         seconds, ranked = run(decoders, prompts, batch, pad_id, args.repeats)
         # timings add up every repeat; as shares of the fast decoder's own time they stay comparable
-        row = {"batch": batch, "fast": args.users / seconds["fast"], "mask": timings["mask"] / timings["decode"],
-               "prefill": timings["prefill"] / (timings["prefill"] + timings["decode"])}
+        row = {
+            "batch": batch,
+            "fast": args.users / seconds["fast"],
+            "mask": timings["mask"] / timings["decode"],
+            "prefill": timings["prefill"] / (timings["prefill"] + timings["decode"]),
+        }
         if not args.skip_reference:
             r_fast, r_slow = ranked["fast"], ranked["slow"]
             row["slow"] = args.users / seconds["slow"]
@@ -142,16 +153,20 @@ def main() -> None:
             row["top1"] = np.mean([bool(a) and bool(b) and a[0][0] == b[0][0] for a, b in zip(r_fast, r_slow)])
         rows.append(row)
 
-    print("| batch | constrained_beam_search users/s | generate users/s | speed-up | same top-K set | same top-1 "
-          "| prefill share | mask share of decode |")
+    print(
+        "| batch | constrained_beam_search users/s | generate users/s | speed-up | same top-K set | same top-1 "
+        "| prefill share | mask share of decode |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         slow_s = f"{r['slow']:.2f}" if "slow" in r else "-"
         ratio = f"{r['fast'] / r['slow']:.1f}x" if "slow" in r else "-"
         same = f"{r['same_set']:.0%}" if "slow" in r else "-"
         top1 = f"{r['top1']:.0%}" if "slow" in r else "-"
-        print(f"| {r['batch']} | {r['fast']:.2f} | {slow_s} | {ratio} | {same} | {top1} "
-              f"| {r['prefill']:.0%} | {r['mask']:.1%} |")
+        print(
+            f"| {r['batch']} | {r['fast']:.2f} | {slow_s} | {ratio} | {same} | {top1} "
+            f"| {r['prefill']:.0%} | {r['mask']:.1%} |"
+        )
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def synthetic(n: int, dim: int = DIM, centres: int = 1000, noise: float = 0.6, s
         m = min(100_000, n - s)
         part = C[rng.integers(0, centres, m)] + noise * rng.standard_normal((m, dim), dtype=np.float32)
         part /= np.linalg.norm(part, axis=1, keepdims=True)
-        X[s:s + m] = part
+        X[s : s + m] = part
     return X
 
 
@@ -83,9 +83,16 @@ def child(n: int, args: argparse.Namespace) -> dict:
     except OSError:
         reset = False
     rss0 = proc_status("VmRSS")
-    q = ResidualKMeans(levels=args.levels, codebook_size=args.codebook_size, n_iter=args.iters, seed=args.seed,
-                       max_points_per_centroid=args.max_points_per_centroid, num_threads=args.threads,
-                       residual=args.residual, init=args.init)
+    q = ResidualKMeans(
+        levels=args.levels,
+        codebook_size=args.codebook_size,
+        n_iter=args.iters,
+        seed=args.seed,
+        max_points_per_centroid=args.max_points_per_centroid,
+        num_threads=args.threads,
+        residual=args.residual,
+        init=args.init,
+    )
     t0 = time.perf_counter()
     codes = q.fit_encode(X)
     t_fit = time.perf_counter() - t0
@@ -94,10 +101,18 @@ def child(n: int, args: argparse.Namespace) -> dict:
     t_enc = time.perf_counter() - t0
     hwm = proc_status("VmHWM")
     assert (again == codes).all()
-    return {"n": n, "data_s": t_data, "fit_s": t_fit, "encode_s": t_enc, "data_mb": X.nbytes / 2**20,
-            "rss_before_mb": rss0 / 2**20, "peak_growth_mb": (hwm - rss0) / 2**20, "hwm_reset": reset,
-            "rel_error": q.inertia_[-1] / float((X.astype(np.float64) ** 2).sum(1).mean()),
-            "unique_codes": int(len(np.unique(codes, axis=0)))}
+    return {
+        "n": n,
+        "data_s": t_data,
+        "fit_s": t_fit,
+        "encode_s": t_enc,
+        "data_mb": X.nbytes / 2**20,
+        "rss_before_mb": rss0 / 2**20,
+        "peak_growth_mb": (hwm - rss0) / 2**20,
+        "hwm_reset": reset,
+        "rel_error": q.inertia_[-1] / float((X.astype(np.float64) ** 2).sum(1).mean()),
+        "unique_codes": int(len(np.unique(codes, axis=0))),
+    }
 
 
 def main() -> None:
@@ -106,8 +121,12 @@ def main() -> None:
     ap.add_argument("--levels", type=int, default=3)
     ap.add_argument("--codebook-size", type=int, default=256)
     ap.add_argument("--iters", type=int, default=25)
-    ap.add_argument("--max-points-per-centroid", type=int, default=256,
-                    help="faiss trains each level on at most this * K rows (faiss's default: 256)")
+    ap.add_argument(
+        "--max-points-per-centroid",
+        type=int,
+        default=256,
+        help="faiss trains each level on at most this * K rows (faiss's default: 256)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="faiss threads (default: faiss's, = cores)")
     ap.add_argument("--residual", default="l2", choices=["l2", "direction"], help="ResidualKMeans(residual=...)")
@@ -123,7 +142,8 @@ def main() -> None:
     for size in args.sizes.split(","):
         n = parse_size(size)
         cmd = [sys.executable, __file__, "--child", str(n)] + [
-            a for a in sys.argv[1:] if not a.startswith("--sizes") and a != args.sizes]
+            a for a in sys.argv[1:] if not a.startswith("--sizes") and a != args.sizes
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
         if out.returncode != 0:
             print(out.stderr[-2000:], file=sys.stderr)
@@ -131,17 +151,23 @@ def main() -> None:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(r)
         print(f"done {n:,}: fit {r['fit_s']:.1f}s", file=sys.stderr)
-    print(f"\nresidual k-means {args.levels} x {args.codebook_size}, {args.iters} iters, d={DIM}, "
-          f"max_points_per_centroid={args.max_points_per_centroid}, residual={args.residual}, "
-          f"init={args.init}, faiss {faiss.__version__}, "
-          f"{args.threads or faiss.omp_get_max_threads()} threads\n")
-    print("| items | data (MB) | fit + encode (s) | encode again (s) | peak RSS growth (MB) | "
-          "relative error | unique L-codes |")
+    print(
+        f"\nresidual k-means {args.levels} x {args.codebook_size}, {args.iters} iters, d={DIM}, "
+        f"max_points_per_centroid={args.max_points_per_centroid}, residual={args.residual}, "
+        f"init={args.init}, faiss {faiss.__version__}, "
+        f"{args.threads or faiss.omp_get_max_threads()} threads\n"
+    )
+    print(
+        "| items | data (MB) | fit + encode (s) | encode again (s) | peak RSS growth (MB) | "
+        "relative error | unique L-codes |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['n']:,} | {r['data_mb']:.0f} | {r['fit_s']:.1f} | {r['encode_s']:.1f} | "
-              f"{r['peak_growth_mb']:.0f}{'' if r['hwm_reset'] else '*'} | {r['rel_error']:.3f} | "
-              f"{r['unique_codes']:,} |")
+        print(
+            f"| {r['n']:,} | {r['data_mb']:.0f} | {r['fit_s']:.1f} | {r['encode_s']:.1f} | "
+            f"{r['peak_growth_mb']:.0f}{'' if r['hwm_reset'] else '*'} | {r['rel_error']:.3f} | "
+            f"{r['unique_codes']:,} |"
+        )
     if not all(r["hwm_reset"] for r in rows):
         print("\n* high-water mark could not be reset: includes data generation")
 

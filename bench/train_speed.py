@@ -18,7 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from genrec.config import load_config
 from genrec.precision import autocast
-from genrec.training.trainer import Trainer, answer_loss, collate
+from genrec.training.losses import answer_loss, collate
+from genrec.training.trainer import Trainer
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 20) -> float:
@@ -28,20 +29,19 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 20) -> float:
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
-    return 2 * n ** 3 * reps / (time.perf_counter() - t)
+    return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
 def bench(config: str, run: str, overrides: list[str], steps: int, batch: int) -> dict:
     cfg = load_config(config, [f"run_dir={run}", f"train.batch_size={batch}", *overrides])
     trainer = Trainer(cfg, progress=False)
-    trainer._setup()
-    trainer._orders = {}
+    trainer.setup()
     model = trainer.model
     model.train()
-    pad = trainer.formatter_pad_id
+    pad = trainer.pad_id
 
     def one(step: int):
-        batch_ = collate(trainer._batch_for(step, 0), pad, cfg.train.max_seq_len)
+        batch_ = collate(trainer.batch_for(step, 0), pad, cfg.train.max_seq_len)
         with autocast(cfg.train.bf16):
             loss = answer_loss(model, batch_)
         loss.backward()
@@ -59,9 +59,16 @@ def bench(config: str, run: str, overrides: list[str], steps: int, batch: int) -
         tokens += int(one(s)["attention_mask"].sum())
     dt = (time.perf_counter() - t) / steps
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"s_per_step": dt, "examples_per_s": batch / dt, "tokens_per_step": tokens / steps,
-            "seq_len": b["input_ids"].shape[1], "flops_per_step": flops, "flops_per_s": flops / dt,
-            "trainable": trainable, "params": sum(p.numel() for p in model.parameters())}
+    return {
+        "s_per_step": dt,
+        "examples_per_s": batch / dt,
+        "tokens_per_step": tokens / steps,
+        "seq_len": b["input_ids"].shape[1],
+        "flops_per_step": flops,
+        "flops_per_s": flops / dt,
+        "trainable": trainable,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def main() -> None:
@@ -79,13 +86,19 @@ def main() -> None:
         "scratch Llama (4x128) full (bf16 autocast)": ["model.name=scratch", "train.finetune=full"],
     }
     print(f"bf16 matmul peak {peak_bf16 / 1e12:.2f} TFLOP/s, fp32 {peak_fp32 / 1e12:.2f} TFLOP/s (2 threads, 2048^3)\n")
-    print("| backbone | params (trainable) | s/step | examples/s | tokens/step | GFLOP/step | TFLOP/s | share of bf16 peak |")
+    print(
+        "| backbone | params (trainable) | s/step | examples/s | tokens/step | GFLOP/step | TFLOP/s "
+        "| share of bf16 peak |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, ov in rows.items():
         r = bench(args.config, args.run, ov, args.steps, args.batch)
-        print(f"| {name} | {r['params'] / 1e6:.1f}M ({r['trainable'] / 1e6:.2f}M) | {r['s_per_step']:.2f} | "
-              f"{r['examples_per_s']:.1f} | {r['tokens_per_step']:.0f} | {r['flops_per_step'] / 1e9:.0f} | "
-              f"{r['flops_per_s'] / 1e12:.3f} | {r['flops_per_s'] / peak_bf16:.1%} |", flush=True)
+        print(
+            f"| {name} | {r['params'] / 1e6:.1f}M ({r['trainable'] / 1e6:.2f}M) | {r['s_per_step']:.2f} | "
+            f"{r['examples_per_s']:.1f} | {r['tokens_per_step']:.0f} | {r['flops_per_step'] / 1e9:.0f} | "
+            f"{r['flops_per_s'] / 1e12:.3f} | {r['flops_per_s'] / peak_bf16:.1%} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

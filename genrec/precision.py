@@ -1,20 +1,22 @@
 """When bf16 autocast on the CPU is worth it: the one place that decides.
 
-bf16 autocast halves the cost of a matmul only on CPUs that run bf16 natively (AVX512-BF16, AMX,
-Arm BF16). Elsewhere oneDNN emulates it: on an AVX2-only AMD EPYC a 1024^3 bf16 matmul ran at
-0.84 GFLOP/s against 36.8 in fp32 (44x slower), and a training step of the 4x128 scratch model
-took 30 s instead of 3.2. So ``bf16: true`` in a config means "bf16 where it is fast": every
-autocast in genrec is :func:`autocast`, which asks :func:`use_bf16`, which times one small matmul in each precision the
-first time it is asked and falls back to fp32, with a warning, where bf16 is slower.
+bf16 autocast halves the cost of a matmul only on CPUs that run bf16 natively (AVX512-BF16,
+AMX, Arm BF16). Elsewhere oneDNN emulates it, and an emulated bf16 matmul is tens of times
+slower than fp32. So ``bf16: true`` in a config means "bf16 where it is fast": every autocast
+in genrec is :func:`autocast`, which asks :func:`use_bf16`, which times one small matmul in each
+precision the first time it is asked and falls back to fp32, with a logged warning, where bf16
+is slower.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import time
-import warnings
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 #: bf16 is kept while a bf16 matmul takes at most this many times as long as the fp32 one.
 #: Native bf16 runs ~0.5x, emulated bf16 10-50x, so the cut is far from both.
@@ -60,6 +62,9 @@ def autocast(requested: bool) -> torch.autocast:
 
 @functools.lru_cache(maxsize=None)
 def _warn_fallback() -> None:
-    warnings.warn("bf16 was requested but this CPU has no fast bf16 (a bf16 matmul is over "
-                  f"{SLOWDOWN_LIMIT:g}x slower than fp32 here): running in fp32. Set train.bf16 / eval.bf16 "
-                  "to false (or pass --fp32) to silence this.", stacklevel=3)
+    logger.warning(
+        "bf16 was requested but this CPU has no fast bf16 (a bf16 matmul is over %gx slower than "
+        "fp32 here): running in fp32. Set train.bf16 / eval.bf16 to false (or pass --fp32) to "
+        "silence this.",
+        SLOWDOWN_LIMIT,
+    )

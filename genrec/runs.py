@@ -20,10 +20,11 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Iterator
+
+from genrec.io import atomic_folder, atomic_write_json
 
 MANIFEST = "manifest.json"
 
@@ -41,10 +42,16 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
     """The commit the code runs from (with ``-dirty`` if the tree has changes), or None."""
     here = Path(cwd) if cwd else Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
@@ -52,8 +59,11 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
 
 def file_hashes(folder: Path) -> dict[str, str]:
     """SHA-256 of every file under ``folder`` (relative paths, sorted), for manifests."""
-    return {str(p.relative_to(folder)): sha256_file(p)
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    return {
+        str(p.relative_to(folder)): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
 
 
 class RunFolder:
@@ -83,9 +93,7 @@ class RunFolder:
         return self.manifest().get("stages", {}).get(stage, {})
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
-        tmp = self.root / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, self.root / MANIFEST)
+        atomic_write_json(self.root / MANIFEST, manifest, sort_keys=True)
 
     @contextlib.contextmanager
     def stage(self, name: str, info: dict[str, Any] | None = None) -> Iterator[Path]:
@@ -96,32 +104,21 @@ class RunFolder:
         commit). On any exception the temporary folder is removed and the previous
         content of ``root/name`` is untouched.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{name}.tmp-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
         record: dict[str, Any] = dict(info or {})
         # the code that made the stage is the code at its start: a commit made while a long
         # stage runs must not be credited with its output
         started_commit = git_commit()
-        try:
-            yield tmp
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         final = self.root / name
-        old = self.root / f".{name}.old-{os.getpid()}"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_folder(final) as tmp:
+            yield tmp
         manifest = self.manifest()
-        record.update({
-            "files": file_hashes(final),
-            "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "commit": started_commit,
-            "commit_at_end": git_commit(),
-        })
+        record.update(
+            {
+                "files": file_hashes(final),
+                "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "commit": started_commit,
+                "commit_at_end": git_commit(),
+            }
+        )
         manifest.setdefault("stages", {})[name] = record
         self._write_manifest(manifest)

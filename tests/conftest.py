@@ -11,6 +11,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+# the tests' caches (converted SmolLM2, text embeddings, fitted SASRecs) stay in the checkout,
+# beside the `smollm2_dir` fixture's folder, instead of the user's ~/.cache/genrec
+os.environ.setdefault("GENREC_CACHE", str(REPO / ".cache"))
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
@@ -25,7 +28,8 @@ def shared_dataset(name: str) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as a plain HF folder, converted from the packaged GGUF once."""
-    from genrec.training.models import prepare_smollm2
+    from genrec.models.base_lm import prepare_smollm2
+
     return prepare_smollm2(REPO / ".cache" / "models")
 
 
@@ -59,12 +63,29 @@ def copy_prepared(src: Path, dst: Path) -> Path:
     return dst
 
 
+#: the config training tests start from and shrink with overrides: the SmolLM2 demo recipe (plain
+#: next-item training, no teacher), so a test states every setting it changes
+TRAIN_BASE = REPO / "configs" / "demo-smollm2.yaml"
+
 # a small scratch Llama trained briefly on the bundled set: a real exported run for serving tests
 TINY_TRAINED = [
-    "model.name=scratch", "model.scratch_hidden=128", "model.scratch_layers=2", "model.scratch_intermediate=256",
-    "train.finetune=full", "train.lr=0.003", "train.batch_size=32", "train.bf16=false", "train.max_steps=150",
-    "train.eval_every=0", "train.eval_users=40", "train.save_every=0", "train.log_every=50",
-    "train.tasks={next_item: 1.0}", "eval.num_beams=10", "eval.bf16=false", "data.max_history=8",
+    "model.name=scratch",
+    "model.scratch_hidden=128",
+    "model.scratch_layers=2",
+    "model.scratch_intermediate=256",
+    "train.finetune=full",
+    "train.lr=0.003",
+    "train.batch_size=32",
+    "train.bf16=false",
+    "train.max_steps=150",
+    "train.eval_every=0",
+    "train.eval_users=40",
+    "train.save_every=0",
+    "train.log_every=50",
+    "train.tasks={next_item: 1.0}",
+    "eval.num_beams=10",
+    "eval.bf16=false",
+    "data.max_history=8",
 ]
 
 
@@ -77,7 +98,7 @@ def trained_demo_run(demo_run, tmp_path_factory) -> Path:
     import torch
 
     run = copy_prepared(demo_run, tmp_path_factory.mktemp("trained") / "run")
-    cfg = load_config(REPO / "configs" / "demo.yaml", [f"run_dir={run}", *TINY_TRAINED])
+    cfg = load_config(TRAIN_BASE, [f"run_dir={run}", *TINY_TRAINED])
     # one thread: a tiny model gains nothing from two, and two OpenMP threads on a busy
     # 2-core machine run many times slower than one
     threads = torch.get_num_threads()

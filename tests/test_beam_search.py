@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from genrec.serving.beam_search import constrained_beam_search, generate_reference
-from genrec.serving.beam_search import left_pad as pad_left
+from genrec.decoding.beam_search import constrained_beam_search, generate_reference
+from genrec.decoding.beam_search import left_pad as pad_left
 from genrec.tokenization.catalog import Catalog
 from genrec.tokenization.trie import ItemTrie
 
@@ -38,9 +38,18 @@ def setup():
     trie = ItemTrie(sequences, vocab_size=vocab)
     torch.manual_seed(0)
     # a wide init makes the random model opinionated, so item scores are rarely near-tied
-    config = LlamaConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=128, initializer_range=0.2,
-                         bos_token_id=2, eos_token_id=EOS, pad_token_id=PAD)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        initializer_range=0.2,
+        bos_token_id=2,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
     model = LlamaForCausalLM(config).eval()
     # a saved sampling default must not leak into ranking
     model.generation_config.do_sample = True
@@ -126,9 +135,9 @@ def test_exclusion(setup):
     rng = np.random.default_rng(0)
     keep = sorted(rng.choice(trie.n_items, 3, replace=False).tolist())
     excluded = [
-        [i for i, _ in first[0]] + list(range(50)),                  # its own top-5 and more
-        [i for i in range(trie.n_items) if i not in keep],          # everything but 3 items
-        list(range(trie.n_items)),                                  # everything
+        [i for i, _ in first[0]] + list(range(50)),  # its own top-5 and more
+        [i for i in range(trie.n_items) if i not in keep],  # everything but 3 items
+        list(range(trie.n_items)),  # everything
     ]
     ex = trie.exclusion(excluded)
     ranked = constrained_beam_search(model, ids, mask, trie, num_beams=10, top_k=5, exclusion=ex)
@@ -140,8 +149,9 @@ def test_exclusion(setup):
     want = teacher_forced_scores(model, prompts[1], sequences[[i for i, _ in ranked[1]]])
     np.testing.assert_allclose([s for _, s in ranked[1]], want, atol=1e-4)
     # the HF path with the same exclusion agrees
-    slow = generate_reference(model, ids[:2], mask[:2], trie, num_beams=10, top_k=5, eos_token_id=EOS,
-                              exclusion=trie.exclusion(excluded[:2]))
+    slow = generate_reference(
+        model, ids[:2], mask[:2], trie, num_beams=10, top_k=5, eos_token_id=EOS, exclusion=trie.exclusion(excluded[:2])
+    )
     for got, want in zip(ranked[:2], slow):
         assert_same_ranking(got, want)
 
@@ -182,6 +192,7 @@ def test_bf16_model_and_autocast(setup):
             assert len(row) == 10 and len(set(items)) == len(items) and all(0 <= i < trie.n_items for i in items)
             assert [s for _, s in row] == sorted((s for _, s in row), reverse=True)
             # bf16 forwards shift scores a little, not the picture
-            np.testing.assert_allclose([s for _, s in row], teacher_forced_scores(model, prompt, sequences[items]),
-                                       atol=0.2)
+            np.testing.assert_allclose(
+                [s for _, s in row], teacher_forced_scores(model, prompt, sequences[items]), atol=0.2
+            )
             assert len(set(items) & {i for i, _ in ref}) >= 7

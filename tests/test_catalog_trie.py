@@ -79,8 +79,13 @@ def test_trie_accepts_exactly_the_catalog(tokenizer):
     for i in range(len(cat)):
         assert trie.item_of(table[i].tolist()) == i
     # every other code combination of the same levels is rejected
-    level_ids = [sorted(set(table[:, d].tolist()) | set(tokenizer.convert_tokens_to_ids(
-        [code_token(d, c) for c in range(cat.level_sizes[d])]))) for d in range(cat.depth)]
+    level_ids = [
+        sorted(
+            set(table[:, d].tolist())
+            | set(tokenizer.convert_tokens_to_ids([code_token(d, c) for c in range(cat.level_sizes[d])]))
+        )
+        for d in range(cat.depth)
+    ]
     members = {tuple(r) for r in table.tolist()}
     accepted = sum(trie.item_of(list(seq)) is not None for seq in itertools.product(*level_ids))
     assert accepted == len(members) == len(cat)
@@ -137,7 +142,11 @@ def test_exclusion_matches_brute_force():
             prefixes = {tuple(s[:depth]) for s in seqs.tolist()}
             for p in prefixes:
                 node = trie.node_of(p)
-                got = torch.nonzero(trie.allowed_mask(torch.tensor([node]), ex, rows=torch.tensor([row]))[0]).flatten().tolist()
+                got = (
+                    torch.nonzero(trie.allowed_mask(torch.tensor([node]), ex, rows=torch.tensor([row]))[0])
+                    .flatten()
+                    .tolist()
+                )
                 want = sorted({s[depth] for s in keep if tuple(s[:depth]) == p})
                 assert got == want
 
@@ -154,8 +163,15 @@ def test_new_rows_start_among_existing_ones(smollm2_dir):
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     cat = random_catalog()
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
     model = LlamaForCausalLM(config)
     old = model.get_input_embeddings().weight.detach().clone()
     ids = resize_model_for_catalog(model, tok, cat, init="text")

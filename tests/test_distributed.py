@@ -5,19 +5,41 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-from conftest import REPO, copy_prepared
+from conftest import REPO, TRAIN_BASE, copy_prepared
 
 
 def test_two_gloo_ranks_agree(demo_run, tmp_path):
     run = copy_prepared(demo_run, tmp_path / "ddp")
-    overrides = [f"run_dir={run}", "model.name=scratch", "model.scratch_hidden=64", "model.scratch_layers=2",
-                 "model.scratch_intermediate=128", "train.finetune=full", "train.max_steps=3",
-                 "train.batch_size=8", "train.bf16=false", "train.eval_users=20", "train.eval_every=0",
-                 "train.tasks={next_item: 1.0}", "eval.num_beams=5", "eval.top_k=5"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "genrec.cli", "train", str(REPO / "configs" / "demo.yaml")]
+    overrides = [
+        f"run_dir={run}",
+        "model.name=scratch",
+        "model.scratch_hidden=64",
+        "model.scratch_layers=2",
+        "model.scratch_intermediate=128",
+        "train.finetune=full",
+        "train.max_steps=3",
+        "train.batch_size=8",
+        "train.bf16=false",
+        "train.eval_users=20",
+        "train.eval_every=0",
+        "train.tasks={next_item: 1.0}",
+        "eval.num_beams=5",
+        "eval.top_k=5",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "genrec.cli",
+        "train",
+        str(TRAIN_BASE),
+    ]
     for o in overrides:
         cmd += ["-s", o]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")

@@ -11,8 +11,14 @@ import pytest
 
 from genrec.errors import GenrecError
 from genrec.tokenization import embeddings as emb
-from genrec.tokenization.embeddings import (collaborative_embeddings, combine, empty_texts, item_texts,
-                                            resolve_sentence_model, text_embeddings)
+from genrec.tokenization.embeddings import (
+    collaborative_embeddings,
+    combine,
+    empty_texts,
+    item_texts,
+    resolve_sentence_model,
+    text_embeddings,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -45,9 +51,13 @@ def sci_vectors(sci_items: pd.DataFrame) -> tuple[list[str], np.ndarray]:
 
 
 def test_item_texts_formats_fills_missing_and_collapses_whitespace():
-    items = pd.DataFrame({"title": ["A  camera\n lens", None, float("nan"), "x"],
-                          "brand": ["Acme", "Bolt", None, None],
-                          "tags": [["a", "b"], [], None, "t"]})
+    items = pd.DataFrame(
+        {
+            "title": ["A  camera\n lens", None, float("nan"), "x"],
+            "brand": ["Acme", "Bolt", None, None],
+            "tags": [["a", "b"], [], None, "t"],
+        }
+    )
     texts = item_texts(items, "{title}. Brand: {brand} ({tags})")
     assert texts[0] == "A camera lens. Brand: Acme (a, b)"
     assert texts[1] == ". Brand: Bolt ()"
@@ -90,8 +100,12 @@ def test_text_embeddings_shape_norm_and_semantics(sci_items, sci_vectors):
 
 
 def test_text_embeddings_cache_hit_skips_model(tmp_path, monkeypatch):
-    texts = ["stainless steel staples for a staple gun", "heavy duty staples, 1000 count",
-             "nitrile examination gloves, powder free", ""]
+    texts = [
+        "stainless steel staples for a staple gun",
+        "heavy duty staples, 1000 count",
+        "nitrile examination gloves, powder free",
+        "",
+    ]
     loads = []
     real = emb._load_sentence_model
     monkeypatch.setattr(emb, "_load_sentence_model", lambda p: loads.append(p) or real(p))
@@ -108,8 +122,9 @@ def test_text_embeddings_cache_hit_skips_model(tmp_path, monkeypatch):
     monkeypatch.setattr(emb, "_load_sentence_model", boom)
     np.testing.assert_array_equal(text_embeddings(texts, cache_dir=tmp_path, show_progress=False), X)
     # a different text list is a different key
-    assert emb.embedding_cache_key(texts[:3], resolve_sentence_model("minilm")) != \
-        emb.embedding_cache_key(texts, resolve_sentence_model("minilm"))
+    assert emb.embedding_cache_key(texts[:3], resolve_sentence_model("minilm")) != emb.embedding_cache_key(
+        texts, resolve_sentence_model("minilm")
+    )
 
 
 # --------------------------------------------------------------------------- collaborative
@@ -148,8 +163,7 @@ def test_collaborative_embeddings_real_sequences():
 def test_collaborative_embeddings_planted_groups():
     rng = np.random.default_rng(1)
     # items 0-19 and 20-39 are two worlds; item 40 never occurs
-    seqs = [list(rng.integers(0, 20, 8)) for _ in range(200)] + \
-           [list(rng.integers(20, 40, 8)) for _ in range(200)]
+    seqs = [list(rng.integers(0, 20, 8)) for _ in range(200)] + [list(rng.integers(20, 40, 8)) for _ in range(200)]
     V = collaborative_embeddings(seqs, 41, dim=8, window=2, seed=3)
     S = V[:40] @ V[:40].T
     g = np.arange(40) < 20
@@ -167,3 +181,52 @@ def test_combine_normalises_each_part_and_keeps_zero_rows():
     np.testing.assert_allclose(out[0], [0.6, 0.8, 0, 1, 0], atol=1e-6)
     np.testing.assert_allclose(out[1], [1, 0, 0, 0, 0])
     assert np.isfinite(out).all()
+
+
+# --------------------------------------------------------------------------- the cache folder
+
+
+def test_caches_live_in_one_user_folder_whatever_the_working_folder(tmp_path, monkeypatch):
+    from genrec.config import DataConfig, load_config
+    from genrec.data import load_raw, prepare
+    from genrec.io import cache_dir
+    from genrec.models import base_lm
+    from genrec.tokenization import stage
+
+    monkeypatch.delenv("GENREC_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir("embeddings") == tmp_path / "home" / ".cache" / "genrec" / "embeddings"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir("models") == tmp_path / "xdg" / "genrec" / "models"
+    monkeypatch.setenv("GENREC_CACHE", str(tmp_path / "cache"))
+    assert cache_dir("models") == tmp_path / "cache" / "models"
+
+    # the base model (SmolLM2, converted once) is looked up there, not under the working folder
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    smol = tmp_path / "cache" / "models" / "smollm2-135m-instruct"
+    smol.mkdir(parents=True)
+    (smol / "config.json").write_text("{}")
+    (smol / "tokenizer_config.json").write_text("{}")
+    assert base_lm.resolve_model("smollm2") == smol
+
+    # and so are the tokenize stage's text embeddings, unless tokenize.embedding.cache_dir says otherwise
+    inter = tmp_path / "inter.csv"
+    inter.write_text("user_id,item_id,timestamp\nu,a,1\nu,b,2\nu,c,3\n")
+    data_cfg = DataConfig(format="table", path=str(inter), kcore=0)
+    dataset = prepare(load_raw(data_cfg), data_cfg)
+    used = []
+
+    def fake_text_embeddings(texts, **kw):
+        used.append(kw["cache_dir"])
+        return np.ones((len(texts), 4), np.float32)
+
+    monkeypatch.setattr(stage, "text_embeddings", fake_text_embeddings)
+    config = tmp_path / "c.yaml"
+    config.write_text("run_dir: runs/x\n")
+    stage.item_vectors(dataset, load_config(config), ["a", "b", "c"])
+    stage.item_vectors(dataset, load_config(config, ["tokenize.embedding.cache_dir=mine"]), ["a", "b", "c"])
+    assert used == [tmp_path / "cache" / "embeddings", tmp_path / "mine"]
+    assert not (work / ".cache").exists()

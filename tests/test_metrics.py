@@ -7,14 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from genrec.evaluation.metrics import (coverage, evaluate_rankings, invalid_rate, mrr, ndcg_at_k,
-                                       recall_at_k)
+from genrec.metrics import coverage, evaluate_rankings, invalid_rate, mrr, ndcg_at_k, recall_at_k
 
 # target of user 0 at rank 0, user 1 at rank 2, user 2 absent, user 3 at rank 6
-RANKED = [[7, 1, 2, 3, 4, 5, 6, 8],
-          [0, 1, 9, 3, 4, 5, 6, 8],
-          [0, 1, 2, 3, 4, 5, 6, 8],
-          [0, 1, 2, 3, 4, 5, 11, 8]]
+RANKED = [[7, 1, 2, 3, 4, 5, 6, 8], [0, 1, 9, 3, 4, 5, 6, 8], [0, 1, 2, 3, 4, 5, 6, 8], [0, 1, 2, 3, 4, 5, 11, 8]]
 TARGETS = [7, 9, 10, 11]
 
 

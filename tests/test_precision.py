@@ -7,7 +7,7 @@ of the 4x128 scratch model 9x slower, so `bf16: true` must fall back to fp32 the
 from __future__ import annotations
 
 import time
-import warnings
+import logging
 from pathlib import Path
 
 import pytest
@@ -18,15 +18,15 @@ from genrec.config import load_config
 from genrec.runs import RunFolder
 from genrec.training.trainer import Trainer
 
-from conftest import copy_prepared
+from conftest import TRAIN_BASE, copy_prepared
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_bf16_is_kept_only_when_it_is_not_much_slower():
-    assert precision.prefer_bf16(0.5, 1.0)            # native bf16: about twice as fast
+    assert precision.prefer_bf16(0.5, 1.0)  # native bf16: about twice as fast
     assert precision.prefer_bf16(1.9, 1.0)
-    assert not precision.prefer_bf16(44.0, 1.0)       # emulated (measured on an AVX2 EPYC)
+    assert not precision.prefer_bf16(44.0, 1.0)  # emulated (measured on an AVX2 EPYC)
     assert not precision.prefer_bf16(2.5, 1.0)
 
 
@@ -47,27 +47,37 @@ def test_probe_agrees_with_a_larger_matmul():
     assert precision.cpu_bf16_is_fast() == (ratio <= precision.SLOWDOWN_LIMIT)
 
 
-def test_use_bf16_follows_the_request_and_the_cpu():
+def test_use_bf16_follows_the_request_and_the_cpu(caplog):
     assert precision.use_bf16(False) is False
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        precision._warn_fallback.cache_clear()
+    precision._warn_fallback.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="genrec.precision"):
         got = precision.use_bf16(True)
     assert got == precision.cpu_bf16_is_fast()
-    fell_back = [w for w in caught if "no fast bf16" in str(w.message)]
+    fell_back = [r for r in caplog.records if "no fast bf16" in r.getMessage()]
     assert bool(fell_back) == (not got)
 
 
 def test_training_records_the_precision_it_ran_in(demo_run, tmp_path):
     run = copy_prepared(demo_run, tmp_path / "run")
-    cfg = load_config(REPO / "configs" / "demo.yaml", [
-        f"run_dir={run}", "model.name=scratch", "model.scratch_hidden=64", "model.scratch_layers=2",
-        "model.scratch_intermediate=128", "train.finetune=full", "train.batch_size=8", "train.max_steps=2",
-        "train.bf16=true", "train.eval_every=0", "train.save_every=0", "train.tasks={next_item: 1.0}",
-        "data.max_history=8"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = Trainer(cfg, progress=False)
-        trainer.train()
+    cfg = load_config(
+        TRAIN_BASE,
+        [
+            f"run_dir={run}",
+            "model.name=scratch",
+            "model.scratch_hidden=64",
+            "model.scratch_layers=2",
+            "model.scratch_intermediate=128",
+            "train.finetune=full",
+            "train.batch_size=8",
+            "train.max_steps=2",
+            "train.bf16=true",
+            "train.eval_every=0",
+            "train.save_every=0",
+            "train.tasks={next_item: 1.0}",
+            "data.max_history=8",
+        ],
+    )
+    trainer = Trainer(cfg, progress=False)
+    trainer.train()
     assert trainer.bf16 == precision.cpu_bf16_is_fast()
     assert RunFolder(run).stage_info("model")["bf16"] == trainer.bf16

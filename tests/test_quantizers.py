@@ -11,17 +11,29 @@ import pytest
 
 from genrec.config import QuantizerConfig
 from genrec.errors import GenrecError
-from genrec.tokenization.quantizers import (RQVAE, ResidualKMeans, build_quantizer, cpu_threads,
-                                            load_quantizer)
-from genrec.tokenization.semantic_ids import (SemanticIdTokenizer, code_report, disambiguate,
-                                              plot_code_usage, usage_stats)
+from genrec.tokenization.quantizers import RQVAE, ResidualKMeans, build_quantizer, cpu_threads, load_quantizer
+from genrec.tokenization.semantic_ids import (
+    SemanticIdTokenizer,
+    code_report,
+    disambiguate,
+    plot_code_usage,
+    usage_stats,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SCI = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-scientific-2018"
 
 # one thread: on a shared 2-core machine two spin-waiting OpenMP threads are 20x slower
-SMALL = dict(hidden_dims=[64, 32], latent_dim=8, levels=2, codebook_size=16, batch_size=128, lr=3e-3,
-             show_progress=False, num_threads=1)
+SMALL = dict(
+    hidden_dims=[64, 32],
+    latent_dim=8,
+    levels=2,
+    codebook_size=16,
+    batch_size=128,
+    lr=3e-3,
+    show_progress=False,
+    num_threads=1,
+)
 
 
 def clustered(n: int = 600, d: int = 32, k: int = 12, noise: float = 0.3, seed: int = 0) -> np.ndarray:
@@ -41,6 +53,7 @@ def sci_vectors() -> np.ndarray:
     import pandas as pd
 
     from genrec.tokenization.embeddings import item_texts, text_embeddings
+
     raw = json.loads(path.read_text())
     items = pd.DataFrame(list(raw.values())[:400])
     texts = item_texts(items, "{title}. Categories: {categories}")
@@ -72,8 +85,10 @@ def test_rkmeans_deterministic_for_seed_and_codes_in_range(sci_vectors):
 
 
 def test_rkmeans_error_drops_with_levels(sci_vectors):
-    errs = [recon_error(ResidualKMeans(levels=L, codebook_size=16, n_iter=10, num_threads=1).fit(sci_vectors), sci_vectors)
-            for L in (1, 2, 3)]
+    errs = [
+        recon_error(ResidualKMeans(levels=L, codebook_size=16, n_iter=10, num_threads=1).fit(sci_vectors), sci_vectors)
+        for L in (1, 2, 3)
+    ]
     assert errs[0] > errs[1] > errs[2]
     assert errs[0] < 1.0  # better than predicting zero for unit vectors
 
@@ -99,11 +114,15 @@ def test_rkmeans_direction_residuals_keep_deep_levels_in_use(sci_vectors, tmp_pa
         ResidualKMeans(residual="cosine").fit(X)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: ResidualKMeans(levels=3, codebook_size=8, n_iter=5, num_threads=1),
-    lambda: ResidualKMeans(levels=3, codebook_size=8, n_iter=5, num_threads=1, residual="direction"),
-    lambda: RQVAE(epochs=3, **dict(SMALL, levels=3, codebook_size=8)),
-], ids=["l2", "direction", "rqvae"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: ResidualKMeans(levels=3, codebook_size=8, n_iter=5, num_threads=1),
+        lambda: ResidualKMeans(levels=3, codebook_size=8, n_iter=5, num_threads=1, residual="direction"),
+        lambda: RQVAE(epochs=3, **dict(SMALL, levels=3, codebook_size=8)),
+    ],
+    ids=["l2", "direction", "rqvae"],
+)
 def test_rank_last_level_agrees_with_encode(make):
     X = clustered(n=300)
     q = make().fit(X)
@@ -171,7 +190,6 @@ def test_disambiguate_unique_and_order():
 # --------------------------------------------------------------------------- RQ-VAE
 
 
-
 def test_rqvae_fits_deterministically_and_learns():
     X = clustered(n=500)
     a = RQVAE(epochs=25, seed=0, **SMALL).fit(X)
@@ -214,8 +232,9 @@ def test_rqvae_save_load(tmp_path):
 
 def test_tokenizer_report_and_plot(tmp_path, sci_vectors):
     X = sci_vectors
-    tok = SemanticIdTokenizer(QuantizerConfig(levels=2, codebook_size=8, kmeans_iters=10), min_dedup_codes=4,
-                              num_threads=1)
+    tok = SemanticIdTokenizer(
+        QuantizerConfig(levels=2, codebook_size=8, kmeans_iters=10), min_dedup_codes=4, num_threads=1
+    )
     tok.fit(X)
     assert tok.codes_.shape == (len(X), 3) and len(np.unique(tok.codes_, axis=0)) == len(X)
     assert tok.level_sizes_[:2] == [8, 8] and tok.level_sizes_[2] >= 4
@@ -238,14 +257,22 @@ def test_tokenizer_report_and_plot(tmp_path, sci_vectors):
 @pytest.mark.parametrize("method", ["rkmeans", "rqvae"])
 def test_assign_new_never_collides(tmp_path, method):
     X = clustered(n=400, k=10)
-    cfg = QuantizerConfig(method=method, levels=2, codebook_size=8, kmeans_iters=10, epochs=5, batch_size=128,
-                          hidden_dims=[32], latent_dim=8)
+    cfg = QuantizerConfig(
+        method=method,
+        levels=2,
+        codebook_size=8,
+        kmeans_iters=10,
+        epochs=5,
+        batch_size=128,
+        hidden_dims=[32],
+        latent_dim=8,
+    )
     tok = SemanticIdTokenizer(cfg, min_dedup_codes=4, show_progress=False, num_threads=1).fit(X)
     existing = tok.codes_
     slots = tok.level_sizes_[-1]
     # more copies of one item than its cell has slots: forces the next-nearest last-level codes
     target = 0
-    copies = np.repeat(X[target:target + 1], slots + 6, axis=0)
+    copies = np.repeat(X[target : target + 1], slots + 6, axis=0)
     new = tok.assign_new(np.concatenate([copies, X[1:4]]), existing)
     assert new.shape == (len(copies) + 3, 3)
     allc = np.concatenate([existing, new])
@@ -253,17 +280,18 @@ def test_assign_new_never_collides(tmp_path, method):
     assert (new < np.array(tok.level_sizes_)).all() and (new >= 0).all()
     # the copies fill the free slots of the item's own cell first
     cell = existing[target, :2]
-    in_cell = (new[:len(copies), :2] == cell).all(1)
+    in_cell = (new[: len(copies), :2] == cell).all(1)
     free = slots - int((existing[:, :2] == cell).all(1).sum())
     assert in_cell.sum() == free and in_cell[:free].all()
     # all copies keep the first-level code of the item
-    assert (new[:len(copies), 0] == cell[0]).all()
+    assert (new[: len(copies), 0] == cell[0]).all()
     # deterministic, and the saved tokenizer places items identically
     np.testing.assert_array_equal(new, tok.assign_new(np.concatenate([copies, X[1:4]]), existing))
     tok.save(tmp_path / "sid")
     loaded = SemanticIdTokenizer.load(tmp_path / "sid")
-    assert loaded.level_sizes_ == tok.level_sizes_ and dataclasses.asdict(loaded.quantizer_cfg) == \
-        dataclasses.asdict(cfg)
+    assert loaded.level_sizes_ == tok.level_sizes_ and dataclasses.asdict(loaded.quantizer_cfg) == dataclasses.asdict(
+        cfg
+    )
     np.testing.assert_array_equal(loaded.codes_, tok.codes_)
     np.testing.assert_array_equal(loaded.assign_new(np.concatenate([copies, X[1:4]]), existing), new)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,11 @@ import pytest
 from conftest import copy_prepared
 from genrec.data import PreparedDataset
 from genrec.errors import GenrecError
-from genrec.evaluation.evaluate import split_rows
-from genrec.evaluation.metrics import evaluate_rankings
-from genrec.evaluation.sasrec import SASRecConfig, SASRecRecommender, run_sasrec
+from genrec.data import split_rows
+from genrec.metrics import evaluate_rankings
+from genrec.evaluation.baselines import run_sasrec
+from genrec.models.sasrec import SASRecConfig, SASRecRecommender
+from genrec.recommender import Recommender, ranked_indices
 
 # small and short so the file runs in well under a minute on 2 cores; the higher lr makes
 # up for the few steps
@@ -38,7 +41,8 @@ def valid_rows(dataset: PreparedDataset):
 
 def test_learns_far_above_random(fitted, dataset, valid_rows):
     histories, targets = valid_rows
-    ranked = fitted.recommend(histories, k=10)
+    assert isinstance(fitted, Recommender)
+    ranked = ranked_indices(fitted.recommend(histories, k=10))
     assert all(len(r) == 10 and len(set(r)) == 10 for r in ranked)
     assert all(0 <= i < dataset.n_items for r in ranked for i in r)
     m = evaluate_rankings(ranked, targets, dataset.n_items)
@@ -57,12 +61,12 @@ def test_same_seed_same_recommendations(dataset, valid_rows):
 
 def test_exclude_seen(fitted, valid_rows):
     histories = valid_rows[0]
-    ranked = fitted.recommend(histories, k=10, exclude_seen=True)
+    ranked = ranked_indices(fitted.recommend(histories, k=10, exclude=histories))
     assert all(not set(r) & set(h) for r, h in zip(ranked, histories))
     assert all(len(r) == 10 for r in ranked)
     # also histories longer than max_len (exclusion uses the whole history) and an empty one
     long = [list(range(100)), []]
-    out = fitted.recommend(long, k=5, exclude_seen=True)
+    out = ranked_indices(fitted.recommend(long, k=5, exclude=long))
     assert all(i >= 100 for i in out[0]) and len(out[1]) == 5
 
 
@@ -87,3 +91,21 @@ def test_run_sasrec_writes_metrics(demo_run, tmp_path):
     assert (run / "baselines" / "sasrec" / "model.pt").is_file()
     with pytest.raises(GenrecError):
         run_sasrec(run, SASRecConfig(**TINY), split="train", progress=False)
+
+
+def test_fit_says_how_long_it_will_take_and_shows_batches(dataset, caplog, capsys, tmp_path):
+    """Before the first epoch: the size of the job; within epochs: a bar over batches; after: seed and best epoch."""
+    config = SASRecConfig(**dict(TINY, epochs=2))
+    with caplog.at_level("INFO", logger="genrec.models.sasrec"):
+        rec = SASRecRecommender(config).fit(dataset, progress=True)
+    size = re.search(r"(\d+) batches of 128 per epoch, at most 2 epochs \((\d+) batches\)", caplog.text)
+    assert size and int(size.group(2)) == 2 * int(size.group(1)), caplog.text
+    assert "epoch 1 took" in caplog.text and "best validation NDCG@10" in caplog.text
+    total = int(size.group(2))
+    assert f"{total}/{total}" in capsys.readouterr().err  # the bar counted every batch
+    assert rec.epochs_run == 2 and 1 <= rec.best_epoch <= 2 and rec.train_seconds > 0
+    rec.save(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "sasrec.json").read_text())
+    assert saved["seed"] == 0 and saved["epochs_run"] == 2 and saved["best_epoch"] == rec.best_epoch
+    again = SASRecRecommender.load(tmp_path / "m")
+    assert (again.epochs_run, again.best_epoch, again.loaded_from) == (2, rec.best_epoch, tmp_path / "m")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,31 +13,46 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from genrec.config import load_config
-from genrec.data import PreparedDataset, prepare_stage
+from genrec.data import PreparedDataset
 from genrec.errors import GenrecError
-from genrec.serving.beam_search import constrained_beam_search, generate_reference, left_pad
-from genrec.serving.recommender import Recommender
-from genrec.tokenization.stage import load_catalog, tokenize_stage
+from genrec.decoding.beam_search import constrained_beam_search, generate_reference, left_pad
+from genrec.decoding.hf import GenerativeRecommender
+from genrec.tokenization.stage import load_catalog
 from genrec.tokenization.vocab import add_item_tokens, add_semantic_id_tokens
-from genrec.training.prompts import IGNORE_INDEX, PromptFormatter, training_examples
+from genrec.prompts import IGNORE_INDEX, PromptFormatter
+from genrec.training.examples import training_examples
 from genrec.training.setup import build_model
-from genrec.training.trainer import Trainer, _config_hash, collate
+from genrec.config import config_hash as _config_hash
+from genrec.training.losses import collate
+from genrec.training.trainer import Trainer
 
-from conftest import copy_prepared
+from conftest import TRAIN_BASE, copy_prepared
 
 REPO = Path(__file__).resolve().parents[1]
 
 # a small scratch model: the same code path as SmolLM2, fast enough for tests
 TINY = [
-    "model.name=scratch", "model.scratch_hidden=64", "model.scratch_layers=2", "model.scratch_intermediate=128",
-    "train.finetune=full", "train.lr=0.003", "train.batch_size=16", "train.bf16=false",
-    "train.eval_every=0", "train.eval_users=40", "train.save_every=2", "train.log_every=2",
-    "train.tasks={next_item: 1.0}", "eval.num_beams=10", "eval.bf16=false", "data.max_history=8",
+    "model.name=scratch",
+    "model.scratch_hidden=64",
+    "model.scratch_layers=2",
+    "model.scratch_intermediate=128",
+    "train.finetune=full",
+    "train.lr=0.003",
+    "train.batch_size=16",
+    "train.bf16=false",
+    "train.eval_every=0",
+    "train.eval_users=40",
+    "train.save_every=2",
+    "train.log_every=2",
+    "train.tasks={next_item: 1.0}",
+    "eval.num_beams=10",
+    "eval.bf16=false",
+    "data.max_history=8",
 ]
 
 
 def _cfg(run: Path, *extra: str):
-    return load_config(REPO / "configs" / "demo.yaml", [f"run_dir={run}", *TINY, *extra])
+    return load_config(TRAIN_BASE, [f"run_dir={run}", *TINY, *extra])
 
 
 def _formatter(run: Path, smollm2_dir: Path) -> PromptFormatter:
@@ -114,7 +128,7 @@ def test_history_labels_mark_every_shown_item_but_the_first(demo_run, smollm2_di
 
 
 def test_windows_cover_each_transition_once(demo_run, smollm2_dir):
-    fmt = _formatter(demo_run, smollm2_dir)            # max_history 8
+    fmt = _formatter(demo_run, smollm2_dir)  # max_history 8
     seq = list(range(20))
     exs = training_examples(fmt, [seq], {"next_item": 1.0}, next_item_examples="windows", history_labels=True)
     # answers 19 (history 11..18), 11 (3..10), 3 (0..2): every item after the first is an answer or
@@ -126,20 +140,27 @@ def test_windows_cover_each_transition_once(demo_run, smollm2_dir):
     labelled = []
     for e in exs:
         tokens = [t for t in e.history_labels if t != IGNORE_INDEX]
-        labelled += [by_tokens[tuple(tokens[j:j + depth])] for j in range(0, len(tokens), depth)]
+        labelled += [by_tokens[tuple(tokens[j : j + depth])] for j in range(0, len(tokens), depth)]
     assert sorted(labelled + [3, 11, 19]) == list(range(1, 20))
-    assert len(training_examples(fmt, [seq], {"next_item": 1.0})) == 19        # prefixes
+    assert len(training_examples(fmt, [seq], {"next_item": 1.0})) == 19  # prefixes
 
 
 def test_history_loss_is_code_only_cross_entropy(demo_run, smollm2_dir):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from genrec.training.trainer import answer_loss
+    from genrec.training.losses import answer_loss
 
     fmt = _formatter(demo_run, smollm2_dir)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(fmt.tokenizer), hidden_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, intermediate_size=64))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(fmt.tokenizer),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+    )
     exs = [fmt.next_item([0, 1, 2], 5, history_labels=True), fmt.next_item([3, 4], 6, history_labels=True)]
     batch = collate(exs, fmt.tokenizer.eos_token_id, 512)
     codes = torch.tensor(sorted(fmt.code_token_ids))
@@ -147,10 +168,11 @@ def test_history_loss_is_code_only_cross_entropy(demo_run, smollm2_dir):
     both = answer_loss(model, batch, codes, history_weight=0.5)
     # by hand: full logits, restricted to the code columns, at the positions before each history ID token
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       position_ids=batch["position_ids"]).logits
+        logits = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+        ).logits
     rows, cols = (batch["history_labels"] != IGNORE_INDEX).nonzero(as_tuple=True)
-    assert len(rows) == 4 * 3                              # three later history items of four codes
+    assert len(rows) == 4 * 3  # three later history items of four codes
     picked = logits[rows, cols - 1][:, codes]
     target = torch.searchsorted(codes, batch["history_labels"][rows, cols])
     expected = torch.nn.functional.cross_entropy(picked, target)
@@ -161,7 +183,7 @@ def test_history_loss_is_code_only_cross_entropy(demo_run, smollm2_dir):
 def demo_teacher(demo_run, tmp_path_factory) -> Path:
     """A small SASRec-CE fit on the demo set, saved as a distillation teacher."""
     from genrec.config import SASRecConfig
-    from genrec.evaluation.sasrec import SASRecRecommender
+    from genrec.models.sasrec import SASRecRecommender
 
     folder = tmp_path_factory.mktemp("teacher")
     ds = PreparedDataset.load(demo_run / "data")
@@ -171,10 +193,10 @@ def demo_teacher(demo_run, tmp_path_factory) -> Path:
 
 def _teacher_by_hand(teacher, items: list[int], j: int, level: int, codes: np.ndarray) -> np.ndarray:
     """The teacher's level-``level`` code distribution for ``items[j]``, one example at a time."""
-    from genrec.evaluation.sasrec import _left_pad
+    from genrec.models.sasrec import _left_pad
 
     with torch.no_grad():
-        h = teacher.model(_left_pad([[i + 1 for i in items[:-1]]], 50))[0, j - 1]   # state after items[j-1]
+        h = teacher.model(_left_pad([[i + 1 for i in items[:-1]]], 50))[0, j - 1]  # state after items[j-1]
         p = torch.softmax(teacher.model.logits(h), -1).numpy()
     same = (codes[:, :level] == codes[items[j], :level]).all(1)
     out = np.bincount(codes[same, level], weights=p[same], minlength=int(codes[:, level].max()) + 1)
@@ -183,16 +205,19 @@ def _teacher_by_hand(teacher, items: list[int], j: int, level: int, codes: np.nd
 
 def test_distillation_targets_are_the_teachers_code_mass(demo_run, demo_teacher, tmp_path):
     run = copy_prepared(demo_run, tmp_path / "kd")
-    over = ["train.history_loss=1.0", "train.next_item_examples=windows", f"train.distill_from={demo_teacher}",
-            "train.distill_weight=1.0"]
+    over = [
+        "train.history_loss=1.0",
+        "train.next_item_examples=windows",
+        f"train.distill_from={demo_teacher}",
+        "train.distill_weight=1.0",
+    ]
     t = Trainer(_cfg(run, *over), progress=False)
-    t._setup()
-    t._orders = {}
-    examples = t._batch_for(0, 0)
-    batch = collate(examples, t.formatter_pad_id, t.tcfg.max_seq_len)
-    rows, pos, dists = t._distill_targets(examples, batch["input_ids"].shape[1])
+    t.setup()
+    examples = t.batch_for(0, 0)
+    batch = collate(examples, t.pad_id, t.tcfg.max_seq_len)
+    rows, pos, dists = t.distill_targets(examples, batch["input_ids"].shape[1])
     codes = np.asarray(t.catalog.codes)
-    code_ids = t._code_ids_t
+    code_ids = t.code_id_tensor
     depth = t.catalog.depth
     # one slot per ID token of every shown item after the first and of the answer
     n_items = sum(len(ex.items) - 1 for ex in examples)
@@ -208,9 +233,10 @@ def test_distillation_targets_are_the_teachers_code_mass(demo_run, demo_teacher,
     for n in range(len(rows)):
         r, p = int(rows[n]), int(pos[n])
         ex = examples[r]
-        seq = ex.input_ids[-t.tcfg.max_seq_len:]
-        slot = next(s for s in t.teacher.slots(seq, ex.items, t.formatter.code_token_ids)
-                    if s[0] + width - len(seq) == p)
+        seq = ex.input_ids[-t.tcfg.max_seq_len :]
+        slot = next(
+            s for s in t.teacher.slots(seq, ex.items, t.formatter.code_token_ids) if s[0] + width - len(seq) == p
+        )
         _, j, level = slot
         if level in checked and len(checked) == depth:
             break
@@ -224,7 +250,7 @@ def test_distillation_targets_are_the_teachers_code_mass(demo_run, demo_teacher,
 
 
 def test_distillation_pulls_the_student_to_the_teacher(demo_run, demo_teacher, tmp_path):
-    from genrec.training.trainer import answer_loss
+    from genrec.training.losses import answer_loss
 
     over = ["train.history_loss=1.0", "train.next_item_examples=windows", "train.max_steps=40", "train.lr=0.01"]
     kd = [f"train.distill_from={demo_teacher}", "train.distill_weight=1.0"]
@@ -234,15 +260,14 @@ def test_distillation_pulls_the_student_to_the_teacher(demo_run, demo_teacher, t
         t.train()
         # the distillation term of held-out batches (steps past the training ones), for both students
         probe = Trainer(_cfg(copy_prepared(demo_run, tmp_path / f"{name}-probe"), *over, *kd), progress=False)
-        probe._setup()
-        probe._orders = {}
+        probe.setup()
         total = 0.0
         with torch.no_grad():
             for step in range(60, 64):
-                exs = probe._batch_for(step, 0)
-                b = collate(exs, probe.formatter_pad_id, probe.tcfg.max_seq_len)
-                b["distill"] = probe._distill_targets(exs, b["input_ids"].shape[1])
-                total += float(answer_loss(t.model.eval(), b, t._code_ids_t, 0.0, 1.0) - answer_loss(t.model, b))
+                exs = probe.batch_for(step, 0)
+                b = collate(exs, probe.pad_id, probe.tcfg.max_seq_len)
+                b["distill"] = probe.distill_targets(exs, b["input_ids"].shape[1])
+                total += float(answer_loss(t.model.eval(), b, t.code_id_tensor, 0.0, 1.0) - answer_loss(t.model, b))
         soft_ce[name] = total / 4
     assert soft_ce["distilled"] < soft_ce["plain"] - 0.05, soft_ce
 
@@ -297,22 +322,29 @@ def test_time_budget_ends_at_the_low_learning_rate(demo_run, tmp_path):
     lrs = {}
     for anneal in (True, False):
         run = copy_prepared(demo_run, tmp_path / f"anneal-{anneal}")
-        state = Trainer(_cfg(run, "train.max_steps=100000", "train.max_minutes=0.02",
-                             f"train.anneal_by_time={str(anneal).lower()}", "train.save_every=0"),
-                        progress=False).train()
+        state = Trainer(
+            _cfg(
+                run,
+                "train.max_steps=100000",
+                "train.max_minutes=0.02",
+                f"train.anneal_by_time={str(anneal).lower()}",
+                "train.save_every=0",
+            ),
+            progress=False,
+        ).train()
         assert state.stop_reason.startswith("time budget") and 0 < state.step < 100000
         assert state.minutes >= 0.02
         blob = torch.load(run / "train" / "checkpoint" / "checkpoint.pt", weights_only=False)
         lrs[anneal] = blob["scheduler"]["_last_lr"][0]
     assert lrs[True] == pytest.approx(0.1 * 0.003)
-    assert lrs[False] < 0.1 * 0.003        # still warming up: (step + 1) / 5,000 of the peak
+    assert lrs[False] < 0.1 * 0.003  # still warming up: (step + 1) / 5,000 of the peak
 
 
 def test_item_tokens_follow_each_history_id(demo_run, smollm2_dir):
     plain = _formatter(demo_run, smollm2_dir)
     tok, catalog = plain.tokenizer, plain.catalog
     item_ids = add_item_tokens(tok, catalog)
-    assert add_item_tokens(tok, catalog) == item_ids and min(item_ids) >= 49152   # idempotent, new rows
+    assert add_item_tokens(tok, catalog) == item_ids and min(item_ids) >= 49152  # idempotent, new rows
     fmt = PromptFormatter(tok, catalog, max_history=8, item_tokens=True)
     codes = catalog.token_ids(tok)
     ex = fmt.next_item([0, 1, 2], 5, history_labels=True)
@@ -323,15 +355,17 @@ def test_item_tokens_follow_each_history_id(demo_run, smollm2_dir):
     assert shown == [item_ids[0], item_ids[1], item_ids[2]]
     for i in (0, 1, 2):
         at = prompt.index(item_ids[i])
-        assert prompt[at - catalog.depth:at] == codes[i].tolist()
+        assert prompt[at - catalog.depth : at] == codes[i].tolist()
     assert ex.input_ids[prompt_len:] == codes[5].tolist() + [tok.eos_token_id]
     # the history loss labels the same code tokens as without item tokens
-    assert ([t for t in ex.history_labels if t != IGNORE_INDEX]
-            == [t for t in plain.next_item([0, 1, 2], 5, history_labels=True).history_labels if t != IGNORE_INDEX])
+    assert [t for t in ex.history_labels if t != IGNORE_INDEX] == [
+        t for t in plain.next_item([0, 1, 2], 5, history_labels=True).history_labels if t != IGNORE_INDEX
+    ]
     # an item added after training has no token: it is shown by its ID alone, and the settings
     # an exported model stores rebuild the same formatter
-    grown = catalog.with_items(["new-item"], np.array([[0] * (catalog.depth - 1) + [catalog.level_sizes[-1] - 1]]),
-                               ["New"], ["New"])
+    grown = catalog.with_items(
+        ["new-item"], np.array([[0] * (catalog.depth - 1) + [catalog.level_sizes[-1] - 1]]), ["New"], ["New"]
+    )
     again = PromptFormatter.from_settings(tok, grown, fmt.settings())
     assert again.item_tokens and again.next_item_prompt([0, 1, 2]) == fmt.next_item_prompt([0, 1, 2])
     text = again.history_text([0, len(catalog)])
@@ -357,7 +391,7 @@ def test_item_tokens_train_with_lora_and_serve(demo_run, tmp_path):
     seen = sorted({i for seq in trainer.train_seqs for i in seq[-9:-1]})
     assert not torch.allclose(w1[[item_ids[i] for i in seen]], w0[[item_ids[i] for i in seen]])
     assert torch.equal(w1[:49152], w0[:49152])
-    rec = Recommender.from_folder(exported)
+    rec = GenerativeRecommender.from_folder(exported)
     assert rec.formatter.item_tokens
     assert rec.formatter.next_item_prompt([0, 1, 2]) == trainer.formatter.next_item_prompt([0, 1, 2])
     out = rec.recommend([[0, 1, 2]], k=5, num_beams=10)
@@ -376,7 +410,7 @@ def test_dropout_acts_only_while_training(demo_run, finetune):
     with torch.no_grad():
         dropped.train()
         a, b = dropped(input_ids=ids).logits, dropped(input_ids=ids).logits
-        assert not torch.allclose(a, b)                      # a fresh mask per pass
+        assert not torch.allclose(a, b)  # a fresh mask per pass
         plain.train()
         assert torch.equal(plain(input_ids=ids).logits, plain(input_ids=ids).logits)
         dropped.eval()
@@ -395,7 +429,7 @@ def test_dropout_model_saves_as_plain_llama(demo_run, tmp_path):
     trainer.train()
     saved = AutoModelForCausalLM.from_pretrained(run / "model")
     batch = collate([trainer.formatter.next_item([0, 1, 2], 3)], trainer.tokenizer.eos_token_id, 256)
-    saved.train()   # even in train mode the loaded model has no hooks: identical passes
+    saved.train()  # even in train mode the loaded model has no hooks: identical passes
     with torch.no_grad():
         assert torch.equal(saved(input_ids=batch["input_ids"]).logits, saved(input_ids=batch["input_ids"]).logits)
 
@@ -418,7 +452,7 @@ def test_lora_export_is_a_standalone_model(demo_run, tmp_path):
         merged = model(input_ids=batch["input_ids"]).logits
         peft_logits = trainer.model(input_ids=batch["input_ids"]).logits
     assert torch.allclose(merged, peft_logits, atol=1e-3)
-    rec = Recommender.from_folder(exported)
+    rec = GenerativeRecommender.from_folder(exported)
     out = rec.recommend([[0, 1, 2]], k=5, num_beams=10)
     assert len(out[0]) == 5 and all(r.item_id in catalog for r in out[0])
 
@@ -426,22 +460,48 @@ def test_lora_export_is_a_standalone_model(demo_run, tmp_path):
     users = PreparedDataset.load(run / "data").split("test")[:3]
     (tmp_path / "users.txt").write_text("\n".join(u for u, _, _ in users) + "\n")
     env_cmd = [sys.executable, "-m", "genrec.cli"]
-    res = subprocess.run(env_cmd + ["recommend", str(run), "--users", str(tmp_path / "users.txt"), "-k", "5",
-                                    "--num-beams", "5", "--fp32"], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        env_cmd
+        + [
+            "recommend",
+            str(run),
+            "--users",
+            str(tmp_path / "users.txt"),
+            "-k",
+            "5",
+            "--num-beams",
+            "5",
+            "--fp32",
+            "--include-seen",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
+    # seen items are excluded by default (tests/test_byod.py); --include-seen keeps them, and says so
+    assert "3 users, top 5, items already in each user's history included (--include-seen)" in res.stdout
     lines = [json.loads(x) for x in (run / "recommendations_test.jsonl").read_text().splitlines()]
     assert [x["user_id"] for x in lines] == [u for u, _, _ in users]
     assert all(len(x["items"]) == 5 and all(i["item_id"] in catalog and i["title"] for i in x["items"]) for x in lines)
     scores = [i["score"] for i in lines[0]["items"]]
     assert scores == sorted(scores, reverse=True)
-    res = subprocess.run(env_cmd + ["evaluate", str(run), "--max-users", "20", "-k", "5", "--num-beams", "5"],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        env_cmd + ["evaluate", str(run), "--max-users", "20", "-k", "5", "--num-beams", "5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     result = json.loads((run / "eval" / "test.json").read_text())
     assert result["users"] == 20 and result["genrec"]["invalid_rate"] == 0
     assert {"recall@5", "ndcg@5", "mrr", "coverage@5"} <= set(result["genrec"]) and "popularity" in result
-    res = subprocess.run(env_cmd + ["recommend", str(run), "--users", str(tmp_path / "nope.txt")],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        env_cmd + ["recommend", str(run), "--users", str(tmp_path / "nope.txt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 2 and "users file not found" in res.stderr
 
 
@@ -449,8 +509,15 @@ def test_lora_export_is_a_standalone_model(demo_run, tmp_path):
 def test_scratch_model_learns_the_demo_set(demo_run, tmp_path):
     """A few hundred steps of the scratch backbone beat a random ranking by far on validation."""
     run = copy_prepared(demo_run, tmp_path / "learn")
-    cfg = _cfg(run, "train.max_steps=150", "train.batch_size=32", "train.eval_every=150",
-               "train.eval_users=200", "model.scratch_hidden=128", "model.scratch_layers=2")
+    cfg = _cfg(
+        run,
+        "train.max_steps=150",
+        "train.batch_size=32",
+        "train.eval_every=150",
+        "train.eval_users=200",
+        "model.scratch_hidden=128",
+        "model.scratch_layers=2",
+    )
     state = Trainer(cfg, progress=False).train()
     recall = state.evals[-1]["recall@10"]
     n_items = len(load_catalog(run))
@@ -458,15 +525,16 @@ def test_scratch_model_learns_the_demo_set(demo_run, tmp_path):
     assert state.evals[-1]["invalid_rate"] == 0
 
     # on the trained model, in fp32, our decoder ranks like generate + prefix_allowed_tokens_fn
-    rec = Recommender.from_folder(run / "model")
+    rec = GenerativeRecommender.from_folder(run / "model")
     ds = PreparedDataset.load(run / "data")
     index = ds.item_index()
     histories = [[index[i] for i in h] for _, h, _ in ds.split("test")[:6]]
     prompts = [rec.formatter.next_item_prompt(h) for h in histories]
     ids, mask = left_pad(prompts, rec.pad_id)
     ours = constrained_beam_search(rec.model, ids, mask, rec.trie, num_beams=10, top_k=10)
-    ref = generate_reference(rec.model, ids, mask, rec.trie, num_beams=10, top_k=10,
-                             eos_token_id=rec.formatter.tokenizer.eos_token_id)
+    ref = generate_reference(
+        rec.model, ids, mask, rec.trie, num_beams=10, top_k=10, eos_token_id=rec.formatter.tokenizer.eos_token_id
+    )
     for a, b in zip(ours, ref):
         assert [i for i, _ in a] == [i for i, _ in b] or _near_tied(a, b)
 
@@ -476,8 +544,7 @@ def _near_tied(a, b, tol: float = 1e-4) -> bool:
     sa, sb = dict(a), dict(b)
     if set(sa) != set(sb):
         return False
-    return all(abs(sa[i] - sb[i]) < tol for i in sa) and all(
-        abs(x[1] - y[1]) < tol for x, y in zip(a, b))
+    return all(abs(sa[i] - sb[i]) < tol for i in sa) and all(abs(x[1] - y[1]) < tol for x, y in zip(a, b))
 
 
 def test_qlora_trains_and_exports_a_plain_model(demo_run, tmp_path, smollm2_dir):
@@ -487,13 +554,22 @@ def test_qlora_trains_and_exports_a_plain_model(demo_run, tmp_path, smollm2_dir)
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     base = tmp_path / "tiny-base"
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-                     ).save_pretrained(base)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+        )
+    ).save_pretrained(base)
     tok.save_pretrained(base)
     run = copy_prepared(demo_run, tmp_path / "qlora")
-    cfg = _cfg(run, f"model.name={base}", "train.finetune=qlora", "train.max_steps=8", "train.lr=0.01",
-               "train.bf16=true")
+    cfg = _cfg(
+        run, f"model.name={base}", "train.finetune=qlora", "train.max_steps=8", "train.lr=0.01", "train.bf16=true"
+    )
     trainer = Trainer(cfg, progress=False)
     state = trainer.train()
     losses = [json.loads(x)["loss"] for x in (run / "train" / "log.jsonl").read_text().splitlines() if '"loss"' in x]

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from genrec.data import PreparedDataset
-from genrec.evaluation.evaluate import split_rows
-from genrec.serving.recommender import Recommender
+from genrec.data import split_rows
+from genrec.decoding.hf import GenerativeRecommender
 from genrec.tokenization.trie import ItemTrie
 
 pytest.importorskip("vllm")
@@ -27,7 +27,7 @@ def _near_tied(a, b, tol: float = 1e-3) -> bool:
 
 @pytest.fixture(scope="module")
 def hf(trained_demo_run):
-    return Recommender.from_folder(trained_demo_run / "model")
+    return GenerativeRecommender.from_folder(trained_demo_run / "model")
 
 
 def test_cli_vllm_backend_ranks_like_hf(trained_demo_run, hf, tmp_path):
@@ -37,9 +37,29 @@ def test_cli_vllm_backend_ranks_like_hf(trained_demo_run, hf, tmp_path):
     users, hist = user_ids[:12], histories[:12]
     (tmp_path / "users.txt").write_text("\n".join(users) + "\n")
     out = tmp_path / "vllm.jsonl"
-    res = subprocess.run([sys.executable, "-m", "genrec.cli", "recommend", str(run), "--backend", "vllm",
-                          "--users", str(tmp_path / "users.txt"), "-k", "10", "--num-beams", "10",
-                          "--exclude-seen", "-o", str(out)], capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "genrec.cli",
+            "recommend",
+            str(run),
+            "--backend",
+            "vllm",
+            "--users",
+            str(tmp_path / "users.txt"),
+            "-k",
+            "10",
+            "--num-beams",
+            "10",
+            "--exclude-seen",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [x["user_id"] for x in lines] == users
@@ -59,24 +79,32 @@ def test_processor_keeps_greedy_sampling_and_lists_on_the_trie(trained_demo_run,
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from genrec.serving.vllm_backend import VllmRecommender
+    from genrec.decoding.vllm_backend import VllmRecommender
 
     rec = VllmRecommender(trained_demo_run / "model")
     try:
         trie = ItemTrie.load(trained_demo_run / "model")
         prompt = rec.formatter.next_item_prompt([0, 5, 9])
         eos = rec.formatter.tokenizer.eos_token_id
-        greedy = rec.llm.generate([TokensPrompt(prompt_token_ids=prompt)],
-                                  SamplingParams(max_tokens=8, temperature=0.0, extra_args={"genrec": {}}),
-                                  use_tqdm=False)[0].outputs[0].token_ids
-        assert trie.item_of(list(greedy[:trie.depth])) is not None and list(greedy[trie.depth:]) == [eos]
+        greedy = (
+            rec.llm.generate(
+                [TokensPrompt(prompt_token_ids=prompt)],
+                SamplingParams(max_tokens=8, temperature=0.0, extra_args={"genrec": {}}),
+                use_tqdm=False,
+            )[0]
+            .outputs[0]
+            .token_ids
+        )
+        assert trie.item_of(list(greedy[: trie.depth])) is not None and list(greedy[trie.depth :]) == [eos]
         # greedy decoding is a beam search of width 1
         top = rec.rank([prompt], k=1, num_beams=1)[0][0][0]
-        assert trie.item_of(list(greedy[:trie.depth])) == top
-        sampled = rec.llm.generate([TokensPrompt(prompt_token_ids=prompt)],
-                                   SamplingParams(max_tokens=8, temperature=1.5, n=12, seed=1,
-                                                  extra_args={"genrec": {}}), use_tqdm=False)[0].outputs
-        items = [trie.item_of(list(o.token_ids[:trie.depth])) for o in sampled]
+        assert trie.item_of(list(greedy[: trie.depth])) == top
+        sampled = rec.llm.generate(
+            [TokensPrompt(prompt_token_ids=prompt)],
+            SamplingParams(max_tokens=8, temperature=1.5, n=12, seed=1, extra_args={"genrec": {}}),
+            use_tqdm=False,
+        )[0].outputs
+        items = [trie.item_of(list(o.token_ids[: trie.depth])) for o in sampled]
         assert None not in items and len(set(items)) > 1
         # an allow-list of 7 items: exactly those come back, ranked; an exclusion removes the top one
         allow = [3, 50, 100, 700, 1200, 1800, 2400]
@@ -96,11 +124,12 @@ def test_processor_is_installed_as_a_vllm_entry_point(trained_demo_run):
     """vLLM loads entry-point processors into every engine; ours must be one and must import cleanly."""
     from importlib.metadata import entry_points
 
-    from genrec.serving.vllm_backend import EngineSettings, processor_entry_point_installed
-    from genrec.serving.vllm_processor import TrieLogitsProcessor
+    from genrec.config import EngineConfig
+    from genrec.decoding.vllm_backend import engine_kwargs, processor_entry_point_installed
+    from genrec.decoding.vllm_processor import TrieLogitsProcessor
 
     eps = [ep for ep in entry_points(group="vllm.logits_processors") if ep.name == "genrec_trie"]
     assert eps and eps[0].load() is TrieLogitsProcessor
     assert processor_entry_point_installed()
     # then genrec does not register it a second time (it would mask twice)
-    assert EngineSettings().engine_kwargs(trained_demo_run / "model")["logits_processors"] == []
+    assert engine_kwargs(EngineConfig(), trained_demo_run / "model")["logits_processors"] == []

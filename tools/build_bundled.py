@@ -49,31 +49,44 @@ def build(source: Path, out: Path) -> dict[str, int]:
     kept = inter[keep]
     ratings = kept["rating"].to_numpy()
     assert np.all(ratings == np.round(ratings)) and ratings.min() >= 0 and ratings.max() <= 10
-    inter_table = pa.table({
-        "user_id": pa.array(kept["user_id"].tolist(), type=pa.string()),
-        "item_id": pa.array(kept["item_id"].tolist(), type=pa.string()),
-        "rating": pa.array(ratings.astype(np.int8), type=pa.int8()),
-        "timestamp": pa.array(kept["timestamp"].to_numpy(dtype=np.int64), type=pa.int64()),
-    })
+    inter_table = pa.table(
+        {
+            "user_id": pa.array(kept["user_id"].tolist(), type=pa.string()),
+            "item_id": pa.array(kept["item_id"].tolist(), type=pa.string()),
+            "rating": pa.array(ratings.astype(np.int8), type=pa.int8()),
+            "timestamp": pa.array(kept["timestamp"].to_numpy(dtype=np.int64), type=pa.int64()),
+        }
+    )
     item_ids = sorted(set(kept["item_id"]))
     items = raw.items.drop_duplicates("item_id").set_index("item_id").reindex(item_ids).fillna("")
-    items_table = pa.table({
-        "item_id": pa.array(item_ids, type=pa.string()),
-        "title": pa.array(items["title"].tolist(), type=pa.string()),
-        "genres": pa.array(items["genres"].tolist(), type=pa.string()),
-    })
+    items_table = pa.table(
+        {
+            "item_id": pa.array(item_ids, type=pa.string()),
+            "title": pa.array(items["title"].tolist(), type=pa.string()),
+            "genres": pa.array(items["genres"].tolist(), type=pa.string()),
+        }
+    )
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(inter_table, out / "interactions.parquet", **PARQUET)
     pq.write_table(items_table, out / "items.parquet", **PARQUET)
 
     # the shipped files must prepare to exactly the 5-core of the source
     ds = prepare(raw, DataConfig(format="movietweetings", kcore=KCORE))
-    counts = {"raw_users": int(inter["user_id"].nunique()), "raw_items": int(inter["item_id"].nunique()),
-              "raw_interactions": int(len(inter)), "kcore_rounds": rounds,
-              "users": ds.n_users, "items": ds.n_items, "interactions": ds.n_interactions,
-              "items_without_genres": int((items["genres"] == "").sum())}
+    counts = {
+        "raw_users": int(inter["user_id"].nunique()),
+        "raw_items": int(inter["item_id"].nunique()),
+        "raw_interactions": int(len(inter)),
+        "kcore_rounds": rounds,
+        "users": ds.n_users,
+        "items": ds.n_items,
+        "interactions": ds.n_interactions,
+        "items_without_genres": int((items["genres"] == "").sum()),
+    }
     assert (counts["users"], counts["items"], counts["interactions"]) == (
-        len(inter_table.column("user_id").unique()), len(item_ids), inter_table.num_rows)
+        len(inter_table.column("user_id").unique()),
+        len(item_ids),
+        inter_table.num_rows,
+    )
     return counts
 
 

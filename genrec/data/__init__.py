@@ -7,13 +7,50 @@ Typical use::
     ds = PreparedDataset.load(run_dir / "data")  # later stages
 """
 
-from genrec.data.dataset import (MIN_SEQUENCE_LENGTH, SPLITS, PreparedDataset, kcore_mask, prepare,
-                                 prepare_stage, truncate)
-from genrec.data.loaders import (FORMATS, RawData, load_bundled, load_colon_ratings, load_lcrec, load_movielens,
-                                 load_movietweetings, load_p5, load_raw, load_table, read_table)
+from genrec.data.dataset import (
+    MIN_SEQUENCE_LENGTH,
+    SPLITS,
+    PreparedDataset,
+    kcore_mask,
+    prepare,
+    prepare_stage,
+    split_rows,
+    truncate,
+)
+from genrec.data.loaders import (
+    FORMATS,
+    RawData,
+    load_bundled,
+    load_colon_ratings,
+    load_lcrec,
+    load_movielens,
+    load_movietweetings,
+    load_p5,
+    load_raw,
+    load_recbole,
+    load_table,
+    read_table,
+)
 
 __all__ = [
-    "FORMATS", "MIN_SEQUENCE_LENGTH", "SPLITS", "PreparedDataset", "RawData", "kcore_mask",
-    "load_bundled", "load_colon_ratings", "load_lcrec", "load_movielens", "load_movietweetings",
-    "load_p5", "load_raw", "load_table", "prepare", "prepare_stage", "read_table", "truncate",
+    "FORMATS",
+    "MIN_SEQUENCE_LENGTH",
+    "SPLITS",
+    "PreparedDataset",
+    "RawData",
+    "kcore_mask",
+    "load_bundled",
+    "load_colon_ratings",
+    "load_lcrec",
+    "load_movielens",
+    "load_movietweetings",
+    "load_p5",
+    "load_raw",
+    "load_recbole",
+    "load_table",
+    "prepare",
+    "prepare_stage",
+    "read_table",
+    "split_rows",
+    "truncate",
 ]

@@ -19,6 +19,7 @@ into the run folder's ``data`` stage.
 from __future__ import annotations
 
 import json
+import random
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,8 @@ import pyarrow.parquet as pq
 
 from genrec.config import DataConfig, GenrecConfig
 from genrec.data.loaders import RawData, load_raw
-from genrec.errors import GenrecError
+from genrec.errors import InputError
+from genrec.io import atomic_write_json
 from genrec.runs import RunFolder
 
 #: Fewest interactions a user needs: one for training, one validation and one test target.
@@ -80,8 +82,10 @@ class PreparedDataset:
     filters: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
-        return (f"PreparedDataset({self.n_users} users, {self.n_items} items, "
-                f"{self.n_interactions} interactions, source={self.source.get('format')!r})")
+        return (
+            f"PreparedDataset({self.n_users} users, {self.n_items} items, "
+            f"{self.n_interactions} interactions, source={self.source.get('format')!r})"
+        )
 
     # -- sizes ------------------------------------------------------------------------
     @property
@@ -113,10 +117,26 @@ class PreparedDataset:
         keeps only their most recent items.
         """
         if name not in SPLITS:
-            raise GenrecError(f"unknown split {name!r}", f"use one of {', '.join(SPLITS)}")
+            raise InputError(f"unknown split {name!r}", f"use one of {', '.join(SPLITS)}")
         cut = 2 if name == "valid" else 1
-        return [(u, truncate(list(s[:-cut]), max_history), s[-cut])
-                for u, s in zip(self.sequences["user_id"], self.sequences["items"])]
+        return [
+            (u, truncate(list(s[:-cut]), max_history), s[-cut])
+            for u, s in zip(self.sequences["user_id"], self.sequences["items"])
+        ]
+
+    def split_rows(self, name: str, max_users: int = 0, seed: int = 0) -> tuple[list[str], list[list[int]], list[int]]:
+        """(user ids, histories as catalog rows, target rows) of a split; ``max_users`` > 0 samples
+        that many users with ``seed`` (sorted by user id, so every model sees the same users)."""
+        rows = self.split(name)
+        if max_users and len(rows) > max_users:
+            rows = sorted(random.Random(seed).sample(rows, max_users))
+        index = self.item_index()
+        return ([u for u, _, _ in rows], [[index[i] for i in h] for _, h, _ in rows], [index[t] for _, _, t in rows])
+
+    def train_rows(self) -> list[list[int]]:
+        """Training sequences as catalog rows, in user-id order."""
+        index = self.item_index()
+        return [[index[i] for i in s] for s in self.train_sequences().values()]
 
     # -- report -----------------------------------------------------------------------
     def items_without_text(self) -> int:
@@ -157,20 +177,31 @@ class PreparedDataset:
         """
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
-        items = pa.table({c: pa.array([str(v) for v in self.items[c]], type=pa.string())
-                          for c in ["item_id", *self.text_fields]})
-        seqs = pa.table({
-            "user_id": pa.array([str(u) for u in self.sequences["user_id"]], type=pa.string()),
-            "items": pa.array([list(map(str, s)) for s in self.sequences["items"]], type=pa.list_(pa.string())),
-            "timestamps": pa.array([[int(t) for t in s] for s in self.sequences["timestamps"]],
-                                   type=pa.list_(pa.int64())),
-        })
+        items = pa.table(
+            {c: pa.array([str(v) for v in self.items[c]], type=pa.string()) for c in ["item_id", *self.text_fields]}
+        )
+        seqs = pa.table(
+            {
+                "user_id": pa.array([str(u) for u in self.sequences["user_id"]], type=pa.string()),
+                "items": pa.array([list(map(str, s)) for s in self.sequences["items"]], type=pa.list_(pa.string())),
+                "timestamps": pa.array(
+                    [[int(t) for t in s] for s in self.sequences["timestamps"]], type=pa.list_(pa.int64())
+                ),
+            }
+        )
         pq.write_table(items, out / "items.parquet", **_PARQUET)
         pq.write_table(seqs, out / "sequences.parquet", **_PARQUET)
         _write_json(out / "stats.json", self.stats())
-        _write_json(out / "dataset.json", {"format_version": FORMAT_VERSION, "text_fields": self.text_fields,
-                                           "default_template": self.default_template,
-                                           "source": self.source, "filters": self.filters})
+        _write_json(
+            out / "dataset.json",
+            {
+                "format_version": FORMAT_VERSION,
+                "text_fields": self.text_fields,
+                "default_template": self.default_template,
+                "source": self.source,
+                "filters": self.filters,
+            },
+        )
 
     @classmethod
     def load(cls, folder: str | Path) -> "PreparedDataset":
@@ -181,29 +212,47 @@ class PreparedDataset:
         run = folder.parent if folder.name == "data" else folder
         missing = [n for n in DATA_FILES if not (folder / n).is_file()]
         if missing:
-            raise GenrecError(f"run folder {run} has no prepared data (missing {folder / missing[0]})",
-                              "run `genrec data prepare CONFIG` first")
+            raise InputError(
+                f"run folder {run} has no prepared data (missing {folder / missing[0]})",
+                "run `genrec data prepare CONFIG` first",
+            )
         try:
             meta = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
             items_t = pq.read_table(folder / "items.parquet")
             seqs_t = pq.read_table(folder / "sequences.parquet")
         except (OSError, ValueError, pa.ArrowException) as e:
-            raise GenrecError(f"prepared data in {folder} cannot be read ({str(e).splitlines()[0]})",
-                              "run `genrec data prepare CONFIG` again") from None
+            raise InputError(
+                f"prepared data in {folder} cannot be read ({str(e).splitlines()[0]})",
+                "run `genrec data prepare CONFIG` again",
+            ) from None
         text_fields = list(meta.get("text_fields", []))
-        items = pd.DataFrame({c: pd.Series(items_t.column(c).to_pylist(), dtype=object)
-                              for c in items_t.column_names})
-        sequences = pd.DataFrame({
-            "user_id": pd.Series(seqs_t.column("user_id").to_pylist(), dtype=object),
-            "items": pd.Series(seqs_t.column("items").to_pylist(), dtype=object),
-            "timestamps": pd.Series(seqs_t.column("timestamps").to_pylist(), dtype=object),
-        })
-        return cls(items, sequences, text_fields, meta.get("default_template", ""),
-                   meta.get("source", {}), meta.get("filters", {}))
+        items = pd.DataFrame({c: pd.Series(items_t.column(c).to_pylist(), dtype=object) for c in items_t.column_names})
+        sequences = pd.DataFrame(
+            {
+                "user_id": pd.Series(seqs_t.column("user_id").to_pylist(), dtype=object),
+                "items": pd.Series(seqs_t.column("items").to_pylist(), dtype=object),
+                "timestamps": pd.Series(seqs_t.column("timestamps").to_pylist(), dtype=object),
+            }
+        )
+        return cls(
+            items,
+            sequences,
+            text_fields,
+            meta.get("default_template", ""),
+            meta.get("source", {}),
+            meta.get("filters", {}),
+        )
+
+
+def split_rows(
+    dataset: "PreparedDataset", split: str, max_users: int = 0, seed: int = 0
+) -> tuple[list[str], list[list[int]], list[int]]:
+    """:meth:`PreparedDataset.split_rows` as a function."""
+    return dataset.split_rows(split, max_users, seed)
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_json(path, obj, sort_keys=True, ensure_ascii=False)
 
 
 # --------------------------------------------------------------------------- filtering
@@ -235,25 +284,32 @@ def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray
 
 
 def _counts(df: pd.DataFrame) -> dict[str, int]:
-    return {"users": int(df["user_id"].nunique()), "items": int(df["item_id"].nunique()),
-            "interactions": int(len(df))}
+    return {"users": int(df["user_id"].nunique()), "items": int(df["item_id"].nunique()), "interactions": int(len(df))}
 
 
 def prepare(raw: RawData, cfg: DataConfig) -> PreparedDataset:
     """Filter, order and group raw interactions into a :class:`PreparedDataset`.
 
     Uses ``cfg.dedup`` and ``cfg.kcore``; see the module docstring for the steps.
-    Raises GenrecError when nothing is left.
+    Raises InputError when nothing is left.
     """
     inter = raw.interactions
     # original file order breaks timestamp ties, so it is kept as an explicit key
-    df = pd.DataFrame({"user_id": inter["user_id"].astype(str).to_numpy(dtype=object),
-                       "item_id": inter["item_id"].astype(str).to_numpy(dtype=object),
-                       "timestamp": inter["timestamp"].to_numpy(dtype=np.int64),
-                       "order": np.arange(len(inter), dtype=np.int64)})
+    df = pd.DataFrame(
+        {
+            "user_id": inter["user_id"].astype(str).to_numpy(dtype=object),
+            "item_id": inter["item_id"].astype(str).to_numpy(dtype=object),
+            "timestamp": inter["timestamp"].to_numpy(dtype=np.int64),
+            "order": np.arange(len(inter), dtype=np.int64),
+        }
+    )
     before = _counts(df)
-    filters: dict[str, Any] = {"before": before, "dedup": bool(cfg.dedup), "kcore": int(cfg.kcore),
-                               "min_sequence_length": MIN_SEQUENCE_LENGTH}
+    filters: dict[str, Any] = {
+        "before": before,
+        "dedup": bool(cfg.dedup),
+        "kcore": int(cfg.kcore),
+        "min_sequence_length": MIN_SEQUENCE_LENGTH,
+    }
 
     # chronological order per user (users by id string); every later step keeps it
     user_codes, _ = pd.factorize(df["user_id"], sort=True)
@@ -275,9 +331,11 @@ def prepare(raw: RawData, cfg: DataConfig) -> PreparedDataset:
     filters["kcore_rounds"] = rounds
     filters["kcore_removed"] = {k: pre_kcore[k] - after_kcore[k] for k in pre_kcore}
     if df.empty:
-        raise GenrecError(f"dataset is empty after {cfg.kcore}-core filtering ({before['users']} users, "
-                          f"{before['items']} items before)",
-                          "lower data.kcore (0 turns it off) or use a larger dataset")
+        raise InputError(
+            f"dataset is empty after {cfg.kcore}-core filtering ({before['users']} users, "
+            f"{before['items']} items before)",
+            "lower data.kcore (0 turns it off) or use a larger dataset",
+        )
 
     lengths = df.groupby("user_id", sort=False)["item_id"].transform("size").to_numpy()
     short = lengths < MIN_SEQUENCE_LENGTH
@@ -285,10 +343,11 @@ def prepare(raw: RawData, cfg: DataConfig) -> PreparedDataset:
     filters["short_user_interactions_removed"] = int(short.sum())
     df = df[~short].reset_index(drop=True)
     if df.empty:
-        raise GenrecError(f"dataset is empty after dropping users with fewer than {MIN_SEQUENCE_LENGTH} "
-                          f"interactions ({before['users']} users, {before['items']} items before)",
-                          "use data with longer user histories (each user needs a training item, a "
-                          "validation and a test target)")
+        raise InputError(
+            f"dataset is empty after dropping users with fewer than {MIN_SEQUENCE_LENGTH} "
+            f"interactions ({before['users']} users, {before['items']} items before)",
+            "use data with longer user histories (each user needs a training item, a validation and a test target)",
+        )
 
     # one row per user: boundaries of the (already sorted) user blocks
     users = df["user_id"].to_numpy(dtype=object)
@@ -296,15 +355,16 @@ def prepare(raw: RawData, cfg: DataConfig) -> PreparedDataset:
     bounds = np.r_[starts, len(df)]
     item_arr = df["item_id"].to_numpy(dtype=object)
     ts_arr = df["timestamp"].to_numpy(dtype=np.int64)
-    sequences = pd.DataFrame({
-        "user_id": pd.Series(users[starts], dtype=object),
-        "items": pd.Series([item_arr[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])], dtype=object),
-        "timestamps": pd.Series([ts_arr[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])], dtype=object),
-    })
+    sequences = pd.DataFrame(
+        {
+            "user_id": pd.Series(users[starts], dtype=object),
+            "items": pd.Series([item_arr[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])], dtype=object),
+            "timestamps": pd.Series([ts_arr[a:b].tolist() for a, b in zip(bounds[:-1], bounds[1:])], dtype=object),
+        }
+    )
 
     items = _item_table(sorted(set(item_arr.tolist())), raw, filters)
-    return PreparedDataset(items, sequences, list(raw.text_fields), raw.default_template,
-                           dict(raw.source), filters)
+    return PreparedDataset(items, sequences, list(raw.text_fields), raw.default_template, dict(raw.source), filters)
 
 
 def _item_table(item_ids: list[str], raw: RawData, filters: dict[str, Any]) -> pd.DataFrame:

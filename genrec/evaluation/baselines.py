@@ -1,40 +1,76 @@
-"""Baselines in the same harness as genrec runs (same splits, same metrics code)."""
+"""Baselines in the same harness as genrec runs: fit, score with the one evaluator, save.
+
+``genrec baseline sasrec|popularity`` call these. Results go to ``RUN/baselines/NAME/`` with
+everything needed to compare rows: split, protocol, user sample and seed, model seed, commit.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import Iterable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
-import numpy as np
+from genrec.config import SASRecConfig
+from genrec.data import SPLITS, PreparedDataset
+from genrec.errors import InputError
+from genrec.evaluation.evaluator import Evaluator
+from genrec.io import atomic_write_json
+from genrec.models.popularity import PopularityRecommender
+from genrec.models.sasrec import SASRecRecommender
 
 
-class PopularityRecommender:
-    """Most frequent items in the training interactions.
+def _metrics_name(split: str, exclude_seen: bool) -> str:
+    return f"metrics_{split}" + ("_xseen" if exclude_seen else "") + ".json"
 
-    Args:
-        exclude_seen: skip items already in the user's history (stated in results).
+
+def run_sasrec(
+    run_dir: str | Path,
+    config: SASRecConfig,
+    split: str = "test",
+    max_users: int = 0,
+    progress: bool = True,
+    sample_seed: int = 0,
+    exclude_seen: bool = False,
+) -> dict[str, Any]:
+    """Fit SASRec on RUN/data, score ``split``; write RUN/baselines/sasrec/metrics_{split}.json + model.
+
+    Model seeds other than 0 write to ``RUN/baselines/sasrec-seedN`` so seeds do not overwrite
+    each other. ``max_users`` samples users with ``sample_seed`` (not the model seed), the
+    sampler of ``genrec evaluate --max-users N --seed S``, so rows compare.
     """
+    if split not in SPLITS:  # before training, not after minutes of it
+        raise InputError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
+    run = Path(run_dir)
+    dataset = PreparedDataset.load(run / "data")
+    evaluator = Evaluator(dataset, split, max_users, sample_seed, exclude_seen)
+    rec = SASRecRecommender(config).fit(dataset, progress=progress)
+    result = evaluator.evaluate(rec)
+    out = run / "baselines" / ("sasrec" if config.seed == 0 else f"sasrec-seed{config.seed}")
+    rec.save(out)
+    report = {
+        **result.to_dict(),
+        "model_seed": config.seed,
+        "best_epoch": rec.best_epoch,
+        "best_valid_ndcg@10": rec.best_valid_ndcg,
+        "train_seconds": round(rec.train_seconds, 3),
+        "config": asdict(config),
+    }
+    atomic_write_json(out / _metrics_name(split, exclude_seen), report)
+    return result.metrics
 
-    def __init__(self, exclude_seen: bool = False):
-        self.exclude_seen = exclude_seen
 
-    def fit(self, train_sequences: Iterable[Sequence[int]], n_items: int) -> "PopularityRecommender":
-        counts = Counter(i for seq in train_sequences for i in seq)
-        freq = np.zeros(n_items, dtype=np.int64)
-        for item, c in counts.items():
-            freq[item] = c
-        # stable: ties keep catalog order, so results are deterministic
-        self.order_ = np.argsort(-freq, kind="stable")
-        self.counts_ = freq
-        return self
-
-    def recommend(self, histories: Sequence[Sequence[int]], k: int = 10) -> list[list[int]]:
-        out = []
-        head = self.order_[: k + (max(map(len, histories)) if self.exclude_seen and histories else 0)].tolist()
-        for h in histories:
-            if self.exclude_seen:
-                seen = set(h)
-                out.append([i for i in head if i not in seen][:k])
-            else:
-                out.append(head[:k])
-        return out
+def run_popularity(
+    run_dir: str | Path,
+    split: str = "test",
+    k: int = 10,
+    max_users: int = 0,
+    sample_seed: int = 0,
+    exclude_seen: bool = False,
+) -> dict[str, Any]:
+    """Most frequent training items, scored on ``split``; RUN/baselines/popularity/metrics_{split}.json."""
+    run = Path(run_dir)
+    dataset = PreparedDataset.load(run / "data")
+    evaluator = Evaluator(dataset, split, max_users, sample_seed, exclude_seen, k)
+    result = evaluator.evaluate(PopularityRecommender().fit(dataset.train_rows(), dataset.n_items))
+    atomic_write_json(run / "baselines" / "popularity" / _metrics_name(split, exclude_seen), result.to_dict())
+    return result.metrics

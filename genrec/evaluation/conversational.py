@@ -24,27 +24,37 @@ from pathlib import Path
 
 
 from genrec.data import PreparedDataset
-from genrec.evaluation.evaluate import split_rows
-from genrec.evaluation.metrics import evaluate_rankings
+from genrec.data import split_rows
+from genrec.metrics import evaluate_rankings
 from genrec.precision import autocast, use_bf16
-from genrec.serving.conversation import TitleIndex, read_conversation
-from genrec.serving.recommender import Recommender
-from genrec.training.prompts import CONVERSATION_ITEMS
+from genrec.decoding.conversation import TitleIndex, read_conversation
+from genrec.decoding.hf import GenerativeRecommender
+from genrec.prompts import CONVERSATION_ITEMS
 
 
-def evaluate_conversational(run_dir: str | Path, split: str = "test", k: int = 10, num_beams: int = 10,
-                            batch_size: int = 16, max_users: int = 300, seed: int = 0, bf16: bool = True,
-                            progress: bool = True) -> dict:
+def evaluate_conversational(
+    run_dir: str | Path,
+    split: str = "test",
+    k: int = 10,
+    num_beams: int = 10,
+    batch_size: int = 16,
+    max_users: int = 300,
+    seed: int = 0,
+    bf16: bool = True,
+    progress: bool = True,
+) -> dict:
     """Recall/NDCG of ID prompts vs the same histories given as text; written to RUN/eval."""
     run = Path(run_dir)
     bf16 = use_bf16(bf16)
     dataset = PreparedDataset.load(run / "data")
-    rec = Recommender.from_folder(run / "model")
+    rec = GenerativeRecommender.from_folder(run / "model")
     fmt, catalog = rec.formatter, rec.catalog
     users, histories, targets = split_rows(dataset, split, max_users, seed)
-    shown = [list(h)[-min(fmt.max_history, CONVERSATION_ITEMS):] for h in histories]
-    texts = [fmt.conversation_text([catalog.titles[i] for i in h], None, random.Random(seed + n))
-             for n, h in enumerate(shown)]
+    shown = [list(h)[-min(fmt.max_history, CONVERSATION_ITEMS) :] for h in histories]
+    texts = [
+        fmt.conversation_text([catalog.titles[i] for i in h], None, random.Random(seed + n))
+        for n, h in enumerate(shown)
+    ]
 
     index = TitleIndex(catalog)
     resolved = [read_conversation([{"role": "user", "content": t}], index).liked for t in texts]
@@ -52,10 +62,16 @@ def evaluate_conversational(run_dir: str | Path, split: str = "test", k: int = 1
     total = sum(len(set(h)) for h in shown)
 
     ks = tuple(x for x in (5, 10) if x <= k)
-    result: dict = {"split": split, "users": len(users), "k": k, "num_beams": num_beams, "bf16": bf16,
-                    "history_items_resolved": recovered / max(1, total),
-                    "users_with_no_title_resolved": sum(not r for r in resolved) / max(1, len(users)),
-                    "example_text": texts[0]}
+    result: dict = {
+        "split": split,
+        "users": len(users),
+        "k": k,
+        "num_beams": num_beams,
+        "bf16": bf16,
+        "history_items_resolved": recovered / max(1, total),
+        "users_with_no_title_resolved": sum(not r for r in resolved) / max(1, len(users)),
+        "example_text": texts[0],
+    }
     prompts = {
         "id_prompt_full": [fmt.next_item_prompt(h) for h in histories],
         "id_prompt": [fmt.next_item_prompt(h) for h in shown],
@@ -66,8 +82,9 @@ def evaluate_conversational(run_dir: str | Path, split: str = "test", k: int = 1
     for name, plist in prompts.items():
         t0 = time.perf_counter()
         with autocast(bf16):
-            ranked = rec.recommend([], k=k, num_beams=num_beams, batch_size=batch_size, prompts=plist,
-                                   progress=progress)
+            ranked = rec.recommend(
+                [], k=k, num_beams=num_beams, batch_size=batch_size, prompts=plist, progress=progress
+            )
         metrics = evaluate_rankings([[r.index for r in row] for row in ranked], targets, len(catalog), ks=ks)
         metrics["seconds_per_user"] = (time.perf_counter() - t0) / max(1, len(users))
         result[name] = metrics

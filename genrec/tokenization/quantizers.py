@@ -26,7 +26,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from genrec.config import QuantizerConfig
-from genrec.errors import GenrecError
+from genrec.errors import InputError
+from genrec.io import atomic_write_bytes
 
 #: Valid ``tokenize.quantizer.method`` values.
 METHODS = ("rkmeans", "rqvae")
@@ -43,12 +44,16 @@ def check_vectors(X: Any, name: str = "X") -> np.ndarray:
     """``X`` as a C-contiguous float32 ``(n, d)`` array with finite values."""
     X = np.ascontiguousarray(np.asarray(X, dtype=np.float32))
     if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
-        raise GenrecError(f"{name} must be a non-empty 2-D array of item vectors, got shape {X.shape}",
-                          "check the embedding stage output")
+        raise InputError(
+            f"{name} must be a non-empty 2-D array of item vectors, got shape {X.shape}",
+            "check the embedding stage output",
+        )
     if not np.isfinite(X).all():
         bad = int((~np.isfinite(X)).any(axis=1).sum())
-        raise GenrecError(f"{bad} item vectors contain NaN or infinite values",
-                          "check the embedding stage (re-run it with a fresh cache)")
+        raise InputError(
+            f"{bad} item vectors contain NaN or infinite values",
+            "check the embedding stage (re-run it with a fresh cache)",
+        )
     return X
 
 
@@ -63,8 +68,7 @@ def count_distinct(X: np.ndarray, at_least: int | None = None) -> int:
         r = np.random.default_rng(12345).standard_normal(X.shape[1])
         # chunked float64 products: no full-size float64 copy of X (3 GB at 1M x 384);
         # an elementwise product + row sum treats equal rows identically wherever they sit
-        proj = np.concatenate([(X[s:s + 16384].astype(np.float64) * r).sum(1)
-                               for s in range(0, len(X), 16384)])
+        proj = np.concatenate([(X[s : s + 16384].astype(np.float64) * r).sum(1) for s in range(0, len(X), 16384)])
         n_proj = np.unique(proj).size
         if n_proj >= at_least:
             return n_proj
@@ -73,21 +77,26 @@ def count_distinct(X: np.ndarray, at_least: int | None = None) -> int:
 
 
 def check_codebook_size(X: np.ndarray, codebook_size: int) -> None:
-    """Raise GenrecError when there are fewer distinct vectors than codes per level."""
+    """Raise InputError when there are fewer distinct vectors than codes per level."""
     n = X.shape[0]
     if codebook_size < 1:
-        raise GenrecError(f"codebook size must be >= 1, got {codebook_size}",
-                          "set tokenize.quantizer.codebook_size to a positive number")
+        raise InputError(
+            f"codebook size must be >= 1, got {codebook_size}",
+            "set tokenize.quantizer.codebook_size to a positive number",
+        )
     if codebook_size > n:
-        raise GenrecError(f"codebook size {codebook_size} is larger than the catalog ({n} items)",
-                          f"set tokenize.quantizer.codebook_size to at most {n} (a few times smaller "
-                          "works better, e.g. about sqrt of the catalog size per level)")
+        raise InputError(
+            f"codebook size {codebook_size} is larger than the catalog ({n} items)",
+            f"set tokenize.quantizer.codebook_size to at most {n} (a few times smaller "
+            "works better, e.g. about sqrt of the catalog size per level)",
+        )
     distinct = count_distinct(X, at_least=codebook_size)
     if codebook_size > distinct:
-        raise GenrecError(f"codebook size {codebook_size} is larger than the catalog ({n} items, "
-                          f"only {distinct} distinct vectors)",
-                          f"set tokenize.quantizer.codebook_size to at most {distinct}, or give the "
-                          "items distinct text (many items have identical vectors)")
+        raise InputError(
+            f"codebook size {codebook_size} is larger than the catalog ({n} items, only {distinct} distinct vectors)",
+            f"set tokenize.quantizer.codebook_size to at most {distinct}, or give the "
+            "items distinct text (many items have identical vectors)",
+        )
 
 
 def _nearest(X: np.ndarray, C: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -111,8 +120,15 @@ def _unit_rows(X: np.ndarray) -> np.ndarray:
     return (X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def _kmeans(X: np.ndarray, k: int, n_iter: int, seed: int, max_points_per_centroid: int,
-            init: str = "random", spherical: bool = False) -> np.ndarray:
+def _kmeans(
+    X: np.ndarray,
+    k: int,
+    n_iter: int,
+    seed: int,
+    max_points_per_centroid: int,
+    init: str = "random",
+    spherical: bool = False,
+) -> np.ndarray:
     """faiss k-means centroids ``(k, d)``; deterministic for ``seed`` (checked in the tests).
 
     faiss trains on a random subsample of ``max_points_per_centroid * k`` rows when
@@ -122,13 +138,22 @@ def _kmeans(X: np.ndarray, k: int, n_iter: int, seed: int, max_points_per_centro
     import faiss
 
     if init not in KMEANS_INITS:
-        raise GenrecError(f"unknown k-means init {init!r}", f"use one of {', '.join(KMEANS_INITS)}")
-    method = {"kmeans++": faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS,
-              "random": faiss.ClusteringInitMethod_RANDOM}[init]
-    km = faiss.Kmeans(X.shape[1], k, niter=n_iter, seed=seed, verbose=False,
-                      max_points_per_centroid=max_points_per_centroid,
-                      # below 39 points per centroid faiss only warns; small catalogs are normal here
-                      min_points_per_centroid=1, init_method=method, spherical=spherical)
+        raise InputError(f"unknown k-means init {init!r}", f"use one of {', '.join(KMEANS_INITS)}")
+    method = {"kmeans++": faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS, "random": faiss.ClusteringInitMethod_RANDOM}[
+        init
+    ]
+    km = faiss.Kmeans(
+        X.shape[1],
+        k,
+        niter=n_iter,
+        seed=seed,
+        verbose=False,
+        max_points_per_centroid=max_points_per_centroid,
+        # below 39 points per centroid faiss only warns; small catalogs are normal here
+        min_points_per_centroid=1,
+        init_method=method,
+        spherical=spherical,
+    )
     km.train(X)
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
@@ -163,13 +188,6 @@ def cpu_threads(n: int | None, torch_too: bool = True) -> Iterator[None]:
             import torch
 
             torch.set_num_threads(before_torch)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- base
@@ -232,7 +250,7 @@ class Quantizer(abc.ABC):
         codes = np.asarray(codes, dtype=np.int64)
         if codes.ndim != 2 or codes.shape[1] < self.levels:
             raise ValueError(f"codes must be (n, >= {self.levels}), got {codes.shape}")
-        codes = codes[:, :self.levels]  # a disambiguation level, if present, is not a codebook
+        codes = codes[:, : self.levels]  # a disambiguation level, if present, is not a codebook
         if codes.size and (codes.min() < 0 or codes.max() >= self.codebook_size):
             raise ValueError(f"codes must be in [0, {self.codebook_size})")
         return codes
@@ -287,12 +305,30 @@ class ResidualKMeans(Quantizer):
     """
 
     suffix = ".npz"
-    _param_names = ("levels", "codebook_size", "n_iter", "seed", "max_points_per_centroid", "num_threads",
-                    "init", "residual", "pca_dim")
+    _param_names = (
+        "levels",
+        "codebook_size",
+        "n_iter",
+        "seed",
+        "max_points_per_centroid",
+        "num_threads",
+        "init",
+        "residual",
+        "pca_dim",
+    )
 
-    def __init__(self, levels: int = 3, codebook_size: int = 256, n_iter: int = 25, seed: int = 0,
-                 max_points_per_centroid: int = 256, num_threads: int | None = None, init: str = "random",
-                 residual: str = "l2", pca_dim: int = 0):
+    def __init__(
+        self,
+        levels: int = 3,
+        codebook_size: int = 256,
+        n_iter: int = 25,
+        seed: int = 0,
+        max_points_per_centroid: int = 256,
+        num_threads: int | None = None,
+        init: str = "random",
+        residual: str = "l2",
+        pca_dim: int = 0,
+    ):
         self.levels = levels
         self.codebook_size = codebook_size
         self.n_iter = n_iter
@@ -316,10 +352,11 @@ class ResidualKMeans(Quantizer):
     def _fit(self, X: np.ndarray) -> "ResidualKMeans":
         X = check_vectors(X)
         if self.levels < 1:
-            raise GenrecError(f"levels must be >= 1, got {self.levels}", "set tokenize.quantizer.levels")
+            raise InputError(f"levels must be >= 1, got {self.levels}", "set tokenize.quantizer.levels")
         if self.residual not in RESIDUAL_MODES:
-            raise GenrecError(f"unknown residual clustering {self.residual!r}",
-                              f"use one of {', '.join(RESIDUAL_MODES)}")
+            raise InputError(
+                f"unknown residual clustering {self.residual!r}", f"use one of {', '.join(RESIDUAL_MODES)}"
+            )
         check_codebook_size(X, self.codebook_size)
         K = self.codebook_size
         self.n_features_in_ = X.shape[1]
@@ -342,14 +379,24 @@ class ResidualKMeans(Quantizer):
             if by_direction:
                 # normalise only the rows faiss would sample anyway (not a second copy of R)
                 cap = self.max_points_per_centroid * K
-                rows = (np.sort(np.random.default_rng(self.seed + level).choice(len(R), cap, replace=False))
-                        if len(R) > cap else slice(None))
+                rows = (
+                    np.sort(np.random.default_rng(self.seed + level).choice(len(R), cap, replace=False))
+                    if len(R) > cap
+                    else slice(None)
+                )
                 train = _unit_rows(R[rows])
-            C = _kmeans(train, K, self.n_iter, self.seed + level, self.max_points_per_centroid, self.init,
-                        spherical=by_direction)
+            C = _kmeans(
+                train,
+                K,
+                self.n_iter,
+                self.seed + level,
+                self.max_points_per_centroid,
+                self.init,
+                spherical=by_direction,
+            )
             for s in range(0, len(R), _CHUNK):
-                part = R[s:s + _CHUNK]
-                self.labels_[s:s + _CHUNK, level] = _nearest(_unit_rows(part) if by_direction else part, C)[1][:, 0]
+                part = R[s : s + _CHUNK]
+                self.labels_[s : s + _CHUNK, level] = _nearest(_unit_rows(part) if by_direction else part, C)[1][:, 0]
             I = self.labels_[:, level]
             if by_direction:
                 # the code's vector is its items' mean residual: what best reconstructs them
@@ -364,8 +411,8 @@ class ResidualKMeans(Quantizer):
                 self.directions_.append(None)
             sq = 0.0
             for s in range(0, len(R), _CHUNK):
-                part = R[s:s + _CHUNK]
-                part -= C[I[s:s + _CHUNK]]  # in place: R holds the next level's input
+                part = R[s : s + _CHUNK]
+                part -= C[I[s : s + _CHUNK]]  # in place: R holds the next level's input
                 sq += float(np.einsum("ij,ij->", part, part, dtype=np.float64))
             self.codebooks_.append(C)
             self.inertia_.append(sq / len(R))
@@ -387,17 +434,19 @@ class ResidualKMeans(Quantizer):
         """
         X = check_vectors(X)
         if X.shape[1] != self.n_features_in_:
-            raise GenrecError(f"vectors have {X.shape[1]} dimensions, the quantizer was fitted on "
-                              f"{self.n_features_in_}", "embed new items the same way as the catalog")
+            raise InputError(
+                f"vectors have {X.shape[1]} dimensions, the quantizer was fitted on {self.n_features_in_}",
+                "embed new items the same way as the catalog",
+            )
         X = self._project(X)
         codes = np.zeros((len(X), levels), dtype=np.int64)
         keep = len(X) <= _CHUNK
         residual = np.zeros((0, X.shape[1]), dtype=np.float32)
         for s in range(0, len(X), _CHUNK):
-            part = X[s:s + _CHUNK].copy()
+            part = X[s : s + _CHUNK].copy()
             for level in range(levels):
                 I = self._search(level, part)[:, 0]
-                codes[s:s + _CHUNK, level] = I
+                codes[s : s + _CHUNK, level] = I
                 part -= self.codebooks_[level][I]
             if keep:
                 residual = part
@@ -428,7 +477,7 @@ class ResidualKMeans(Quantizer):
         prefixes, ranks = [], []
         with cpu_threads(self.num_threads, torch_too=False):
             for s in range(0, len(X), _CHUNK):  # residuals are only returned chunk by chunk
-                prefix, R = self._residual_codes(X[s:s + _CHUNK], self.levels - 1)
+                prefix, R = self._residual_codes(X[s : s + _CHUNK], self.levels - 1)
                 prefixes.append(prefix)
                 ranks.append(self._search(self.levels - 1, R, k=self.codebook_size))
         return np.concatenate(prefixes), np.concatenate(ranks)
@@ -436,25 +485,31 @@ class ResidualKMeans(Quantizer):
     def save(self, path: str | os.PathLike) -> None:
         self._check_fitted()
         buf = io.BytesIO()
-        directions = np.stack([np.zeros_like(c) if d is None else d
-                               for c, d in zip(self.codebooks_, self.directions_)])
-        np.savez(buf, kind=np.array("rkmeans"), params=np.array(json.dumps(self.get_params())),
-                 n_features_in=np.array(self.n_features_in_), inertia=np.array(self.inertia_),
-                 codebooks=np.stack(self.codebooks_), directions=directions,
-                 by_direction=np.array([d is not None for d in self.directions_]),
-                 pca_components=np.zeros((0,)) if self.pca_components_ is None else self.pca_components_,
-                 pca_mean=np.zeros((0,)) if self.pca_mean_ is None else self.pca_mean_)
-        _write_atomic(Path(path), buf.getvalue())
+        directions = np.stack([np.zeros_like(c) if d is None else d for c, d in zip(self.codebooks_, self.directions_)])
+        np.savez(
+            buf,
+            kind=np.array("rkmeans"),
+            params=np.array(json.dumps(self.get_params())),
+            n_features_in=np.array(self.n_features_in_),
+            inertia=np.array(self.inertia_),
+            codebooks=np.stack(self.codebooks_),
+            directions=directions,
+            by_direction=np.array([d is not None for d in self.directions_]),
+            pca_components=np.zeros((0,)) if self.pca_components_ is None else self.pca_components_,
+            pca_mean=np.zeros((0,)) if self.pca_mean_ is None else self.pca_mean_,
+        )
+        atomic_write_bytes(Path(path), buf.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ResidualKMeans":
         with np.load(Path(path), allow_pickle=False) as z:
             if str(z["kind"]) != "rkmeans":
-                raise GenrecError(f"{path} is not a residual k-means file", "pass the file written by save()")
+                raise InputError(f"{path} is not a residual k-means file", "pass the file written by save()")
             q = cls(**json.loads(str(z["params"])))
             q.codebooks_ = [np.ascontiguousarray(c) for c in z["codebooks"]]
-            q.directions_ = [np.ascontiguousarray(d) if flag else None
-                             for d, flag in zip(z["directions"], z["by_direction"])]
+            q.directions_ = [
+                np.ascontiguousarray(d) if flag else None for d, flag in zip(z["directions"], z["by_direction"])
+            ]
             q.n_features_in_ = int(z["n_features_in"])
             q.inertia_ = [float(v) for v in z["inertia"]]
             has_pca = "pca_components" in z.files and z["pca_components"].size > 0
@@ -569,15 +624,44 @@ class RQVAE(Quantizer):
     """
 
     suffix = ".pt"
-    _param_names = ("hidden_dims", "latent_dim", "levels", "codebook_size", "epochs", "batch_size", "lr",
-                    "beta", "seed", "weight_decay", "kmeans_init", "kmeans_iters", "revive_dead",
-                    "show_progress", "device", "num_threads")
+    _param_names = (
+        "hidden_dims",
+        "latent_dim",
+        "levels",
+        "codebook_size",
+        "epochs",
+        "batch_size",
+        "lr",
+        "beta",
+        "seed",
+        "weight_decay",
+        "kmeans_init",
+        "kmeans_iters",
+        "revive_dead",
+        "show_progress",
+        "device",
+        "num_threads",
+    )
 
-    def __init__(self, hidden_dims: Sequence[int] = (512, 256, 128), latent_dim: int = 32, levels: int = 3,
-                 codebook_size: int = 256, epochs: int = 200, batch_size: int = 1024, lr: float = 1e-3,
-                 beta: float = 0.25, seed: int = 0, weight_decay: float = 0.0, kmeans_init: bool = True,
-                 kmeans_iters: int = 25, revive_dead: bool = True, show_progress: bool = True,
-                 device: str = "cpu", num_threads: int | None = None):
+    def __init__(
+        self,
+        hidden_dims: Sequence[int] = (512, 256, 128),
+        latent_dim: int = 32,
+        levels: int = 3,
+        codebook_size: int = 256,
+        epochs: int = 200,
+        batch_size: int = 1024,
+        lr: float = 1e-3,
+        beta: float = 0.25,
+        seed: int = 0,
+        weight_decay: float = 0.0,
+        kmeans_init: bool = True,
+        kmeans_iters: int = 25,
+        revive_dead: bool = True,
+        show_progress: bool = True,
+        device: str = "cpu",
+        num_threads: int | None = None,
+    ):
         self.hidden_dims = [int(h) for h in hidden_dims]
         self.latent_dim = latent_dim
         self.levels = levels
@@ -607,8 +691,10 @@ class RQVAE(Quantizer):
 
         X = check_vectors(X)
         if self.levels < 1 or self.epochs < 0 or self.batch_size < 1:
-            raise GenrecError("rqvae needs levels >= 1, epochs >= 0 and batch_size >= 1",
-                              "fix tokenize.quantizer.levels / epochs / batch_size")
+            raise InputError(
+                "rqvae needs levels >= 1, epochs >= 0 and batch_size >= 1",
+                "fix tokenize.quantizer.levels / epochs / batch_size",
+            )
         check_codebook_size(X, self.codebook_size)
         n, d = X.shape
         t_start = time.perf_counter()
@@ -621,17 +707,17 @@ class RQVAE(Quantizer):
         Xt = torch.from_numpy(X).to(dev)
         if self.kmeans_init:
             with torch.no_grad():
-                Z = torch.cat([module.encoder(Xt[s:s + 8192]) for s in range(0, n, 8192)]).cpu().numpy()
+                Z = torch.cat([module.encoder(Xt[s : s + 8192]) for s in range(0, n, 8192)]).cpu().numpy()
             if count_distinct(Z, at_least=self.codebook_size) >= self.codebook_size:
-                rk = ResidualKMeans(self.levels, self.codebook_size, self.kmeans_iters, self.seed,
-                                    num_threads=self.num_threads).fit(Z)
+                rk = ResidualKMeans(
+                    self.levels, self.codebook_size, self.kmeans_iters, self.seed, num_threads=self.num_threads
+                ).fit(Z)
                 with torch.no_grad():
                     module.codebooks.copy_(torch.from_numpy(np.stack(rk.codebooks_)))
         gen = torch.Generator().manual_seed(self.seed)
         opt = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         self.history_: list[dict[str, Any]] = []
-        bar = tqdm(range(self.epochs), desc="rq-vae", unit="epoch", disable=not self.show_progress,
-                   leave=False)
+        bar = tqdm(range(self.epochs), desc="rq-vae", unit="epoch", disable=not self.show_progress, leave=False)
         K = self.codebook_size
         for epoch in bar:
             module.train()
@@ -639,7 +725,7 @@ class RQVAE(Quantizer):
             usage = torch.zeros(self.levels, K, dtype=torch.long, device=dev)
             sums = np.zeros(4)
             for s in range(0, n, self.batch_size):
-                x = Xt[perm[s:s + self.batch_size]]
+                x = Xt[perm[s : s + self.batch_size]]
                 x_hat, codes, cb_loss, commit, _ = module(x)
                 recon = ((x_hat - x) ** 2).sum(1).mean()
                 loss = recon + cb_loss + self.beta * commit
@@ -655,9 +741,17 @@ class RQVAE(Quantizer):
             # no revival after the last epoch: a re-seeded code would be untrained
             if self.revive_dead and epoch < self.epochs - 1:
                 revived = self._revive(module, Xt, usage, gen)
-            self.history_.append({"loss": float(sums[0]), "recon": float(sums[1]), "codebook": float(sums[2]),
-                                  "commit": float(sums[3]), "used": used, "revived": revived,
-                                  "seconds": round(time.perf_counter() - t_start, 2)})
+            self.history_.append(
+                {
+                    "loss": float(sums[0]),
+                    "recon": float(sums[1]),
+                    "codebook": float(sums[2]),
+                    "commit": float(sums[3]),
+                    "used": used,
+                    "revived": revived,
+                    "seconds": round(time.perf_counter() - t_start, 2),
+                }
+            )
             bar.set_postfix(loss=f"{sums[0]:.4f}", recon=f"{sums[1]:.4f}", used="/".join(map(str, used)))
         bar.close()
         module.eval()
@@ -674,7 +768,7 @@ class RQVAE(Quantizer):
         if not bool(dead.any()):
             return 0
         n = len(Xt)
-        sample = torch.randperm(n, generator=gen)[:max(self.batch_size, self.codebook_size)].to(Xt.device)
+        sample = torch.randperm(n, generator=gen)[: max(self.batch_size, self.codebook_size)].to(Xt.device)
         with torch.no_grad():
             _, _, _, _, residuals = module.quantize(module.encoder(Xt[sample]))
             for level in range(self.levels):
@@ -682,7 +776,7 @@ class RQVAE(Quantizer):
                 if len(idx) == 0:
                     continue
                 pool = residuals[level]
-                pick = torch.randperm(len(pool), generator=gen)[:len(idx)].to(pool.device)
+                pick = torch.randperm(len(pool), generator=gen)[: len(idx)].to(pool.device)
                 if len(pick) < len(idx):  # more dead codes than sampled residuals
                     pick = torch.randint(len(pool), (len(idx),), generator=gen).to(pool.device)
                 module.codebooks[level, idx] = pool[pick]
@@ -696,12 +790,14 @@ class RQVAE(Quantizer):
         self._check_fitted()
         X = check_vectors(X)
         if X.shape[1] != self.n_features_in_:
-            raise GenrecError(f"vectors have {X.shape[1]} dimensions, the quantizer was fitted on "
-                              f"{self.n_features_in_}", "embed new items the same way as the catalog")
+            raise InputError(
+                f"vectors have {X.shape[1]} dimensions, the quantizer was fitted on {self.n_features_in_}",
+                "embed new items the same way as the catalog",
+            )
         codes, resid = [], []
         with torch.no_grad(), cpu_threads(self.num_threads):
             for s in range(0, len(X), 8192):
-                x = torch.from_numpy(X[s:s + 8192]).to(self.device)
+                x = torch.from_numpy(X[s : s + 8192]).to(self.device)
                 z = self.module_.encoder(x)
                 zq, c, _, _, _ = self.module_.quantize(z, levels)
                 codes.append(c.cpu())
@@ -720,7 +816,7 @@ class RQVAE(Quantizer):
         with torch.no_grad(), cpu_threads(self.num_threads):
             cb = self.module_.codebooks
             for s in range(0, len(codes), 8192):
-                c = torch.from_numpy(codes[s:s + 8192]).to(cb.device)
+                c = torch.from_numpy(codes[s : s + 8192]).to(cb.device)
                 zq = sum(cb[level][c[:, level]] for level in range(self.levels))
                 out.append(self.module_.decoder(zq).cpu())
         return torch.cat(out).numpy().astype(np.float32)
@@ -737,12 +833,16 @@ class RQVAE(Quantizer):
         import torch
 
         self._check_fitted()
-        state = {"kind": "rqvae", "params": json.dumps(self.get_params()), "n_features_in": self.n_features_in_,
-                 "history": json.dumps(self.history_, default=float),
-                 "state_dict": {k: v.detach().cpu() for k, v in self.module_.state_dict().items()}}
+        state = {
+            "kind": "rqvae",
+            "params": json.dumps(self.get_params()),
+            "n_features_in": self.n_features_in_,
+            "history": json.dumps(self.history_, default=float),
+            "state_dict": {k: v.detach().cpu() for k, v in self.module_.state_dict().items()},
+        }
         buf = io.BytesIO()
         torch.save(state, buf)
-        _write_atomic(Path(path), buf.getvalue())
+        atomic_write_bytes(Path(path), buf.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RQVAE":
@@ -750,7 +850,7 @@ class RQVAE(Quantizer):
 
         state = torch.load(Path(path), map_location="cpu", weights_only=True)
         if state.get("kind") != "rqvae":
-            raise GenrecError(f"{path} is not an RQ-VAE file", "pass the file written by save()")
+            raise InputError(f"{path} is not an RQ-VAE file", "pass the file written by save()")
         q = cls(**json.loads(state["params"]))
         q.n_features_in_ = int(state["n_features_in"])
         q.history_ = json.loads(state["history"])
@@ -765,24 +865,37 @@ class RQVAE(Quantizer):
 # --------------------------------------------------------------------------- factory
 
 
-def build_quantizer(cfg: QuantizerConfig, show_progress: bool = True,
-                    num_threads: int | None = None) -> Quantizer:
+def build_quantizer(cfg: QuantizerConfig, show_progress: bool = True, num_threads: int | None = None) -> Quantizer:
     """The (unfitted) quantizer that ``cfg`` describes.
 
     ``show_progress`` and ``num_threads`` are run-time settings, not part of the config.
     """
     if cfg.method == "rkmeans":
-        return ResidualKMeans(levels=cfg.levels, codebook_size=cfg.codebook_size, n_iter=cfg.kmeans_iters,
-                              seed=cfg.seed, num_threads=num_threads if num_threads is not None else cfg.num_threads,
-                              residual=cfg.residual, pca_dim=cfg.pca_dim)
+        return ResidualKMeans(
+            levels=cfg.levels,
+            codebook_size=cfg.codebook_size,
+            n_iter=cfg.kmeans_iters,
+            seed=cfg.seed,
+            num_threads=num_threads if num_threads is not None else cfg.num_threads,
+            residual=cfg.residual,
+            pca_dim=cfg.pca_dim,
+        )
     if cfg.method == "rqvae":
-        return RQVAE(hidden_dims=cfg.hidden_dims, latent_dim=cfg.latent_dim, levels=cfg.levels,
-                     codebook_size=cfg.codebook_size, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                     lr=cfg.lr, beta=cfg.beta, seed=cfg.seed, kmeans_iters=cfg.kmeans_iters,
-                     show_progress=show_progress,
-                     num_threads=num_threads if num_threads is not None else cfg.num_threads)
-    raise GenrecError(f"unknown tokenize.quantizer.method {cfg.method!r}",
-                      f"valid methods: {', '.join(METHODS)}")
+        return RQVAE(
+            hidden_dims=cfg.hidden_dims,
+            latent_dim=cfg.latent_dim,
+            levels=cfg.levels,
+            codebook_size=cfg.codebook_size,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            beta=cfg.beta,
+            seed=cfg.seed,
+            kmeans_iters=cfg.kmeans_iters,
+            show_progress=show_progress,
+            num_threads=num_threads if num_threads is not None else cfg.num_threads,
+        )
+    raise InputError(f"unknown tokenize.quantizer.method {cfg.method!r}", f"valid methods: {', '.join(METHODS)}")
 
 
 _CLASSES: dict[str, type[Quantizer]] = {"rkmeans": ResidualKMeans, "rqvae": RQVAE}
@@ -791,7 +904,7 @@ _CLASSES: dict[str, type[Quantizer]] = {"rkmeans": ResidualKMeans, "rqvae": RQVA
 def quantizer_file(method: str) -> str:
     """File name :meth:`Quantizer.save` is given inside a tokenizer folder."""
     if method not in _CLASSES:
-        raise GenrecError(f"unknown quantizer method {method!r}", f"valid methods: {', '.join(METHODS)}")
+        raise InputError(f"unknown quantizer method {method!r}", f"valid methods: {', '.join(METHODS)}")
     return f"quantizer{_CLASSES[method].suffix}"
 
 
@@ -799,8 +912,8 @@ def load_quantizer(path: str | os.PathLike) -> Quantizer:
     """Read a quantizer file written by either class's ``save`` (chosen by suffix)."""
     p = Path(path)
     if not p.is_file():
-        raise GenrecError(f"quantizer file not found: {p}", "re-run `genrec tokenize`")
+        raise InputError(f"quantizer file not found: {p}", "re-run `genrec tokenize`")
     for cls in _CLASSES.values():
         if p.suffix == cls.suffix:
             return cls.load(p)
-    raise GenrecError(f"unknown quantizer file type {p.suffix!r} ({p})", "expected .npz or .pt")
+    raise InputError(f"unknown quantizer file type {p.suffix!r} ({p})", "expected .npz or .pt")

@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 
 from genrec.config import QuantizerConfig, from_dict
-from genrec.errors import GenrecError
-from genrec.tokenization.quantizers import (Quantizer, build_quantizer, check_vectors, load_quantizer,
-                                            quantizer_file)
+from genrec.errors import InputError
+from genrec.tokenization.quantizers import Quantizer, build_quantizer, check_vectors, load_quantizer, quantizer_file
 
 # --------------------------------------------------------------------------- disambiguation
 
@@ -72,12 +71,17 @@ def usage_stats(codes: np.ndarray, size: int) -> dict[str, float]:
     counts = np.bincount(np.asarray(codes, dtype=np.int64), minlength=size).astype(np.float64)
     p = counts[counts > 0] / max(counts.sum(), 1)
     perplexity = float(np.exp(-(p * np.log(p)).sum())) if p.size else 0.0
-    return {"size": int(size), "used": int((counts > 0).sum()), "perplexity": round(perplexity, 3),
-            "perplexity_ratio": round(perplexity / size, 4) if size else 0.0}
+    return {
+        "size": int(size),
+        "used": int((counts > 0).sum()),
+        "perplexity": round(perplexity, 3),
+        "perplexity_ratio": round(perplexity / size, 4) if size else 0.0,
+    }
 
 
-def code_report(X: np.ndarray, codes_before_dedup: np.ndarray, codes_after: np.ndarray,
-                level_sizes: list[int], quantizer: Quantizer) -> dict[str, Any]:
+def code_report(
+    X: np.ndarray, codes_before_dedup: np.ndarray, codes_after: np.ndarray, level_sizes: list[int], quantizer: Quantizer
+) -> dict[str, Any]:
     """How good the codes are.
 
     Returns a JSON-able dict:
@@ -135,8 +139,7 @@ def plot_code_usage(codes: np.ndarray, level_sizes: list[int], path: str | os.Pa
         ax.bar(np.arange(size), counts, width=1.0, color="C0")
         ax.set_yscale("log" if counts.max() > 0 and counts.max() >= 20 * max(counts.mean(), 1) else "linear")
         name = chr(ord("a") + level)
-        ax.set_title(f"level {name}: {stats['used']}/{size} used\nperplexity {stats['perplexity']:.0f}",
-                     fontsize=9)
+        ax.set_title(f"level {name}: {stats['used']}/{size} used\nperplexity {stats['perplexity']:.0f}", fontsize=9)
         ax.set_xlabel("code (sorted by use)", fontsize=8)
         if level == 0:
             ax.set_ylabel("items", fontsize=8)
@@ -169,8 +172,13 @@ class SemanticIdTokenizer:
         report_: :func:`code_report` of the fit.
     """
 
-    def __init__(self, quantizer_cfg: QuantizerConfig | None = None, min_dedup_codes: int = 8,
-                 show_progress: bool = True, num_threads: int | None = None):
+    def __init__(
+        self,
+        quantizer_cfg: QuantizerConfig | None = None,
+        min_dedup_codes: int = 8,
+        show_progress: bool = True,
+        num_threads: int | None = None,
+    ):
         self.quantizer_cfg = quantizer_cfg if quantizer_cfg is not None else QuantizerConfig()
         self.min_dedup_codes = min_dedup_codes
         self.show_progress = show_progress
@@ -179,8 +187,9 @@ class SemanticIdTokenizer:
     def fit(self, X: np.ndarray) -> "SemanticIdTokenizer":
         """Fit the quantizer on ``X`` (n, d), encode and disambiguate; returns self."""
         X = check_vectors(X)
-        self.quantizer_ = build_quantizer(self.quantizer_cfg, show_progress=self.show_progress,
-                                          num_threads=self.num_threads)
+        self.quantizer_ = build_quantizer(
+            self.quantizer_cfg, show_progress=self.show_progress, num_threads=self.num_threads
+        )
         raw = self.quantizer_.fit_encode(X)
         self.codes_, extra = disambiguate(raw, self.min_dedup_codes)
         self.level_sizes_ = [int(self.quantizer_.codebook_size)] * self.quantizer_.levels + [extra]
@@ -206,7 +215,7 @@ class SemanticIdTokenizer:
         or of another new item. Items are placed in row order.
 
         Raises:
-            GenrecError: the vectors do not fit the quantizer, or every slot near an item
+            InputError: the vectors do not fit the quantizer, or every slot near an item
                 is taken.
         """
         self._check_fitted()
@@ -216,8 +225,10 @@ class SemanticIdTokenizer:
         if existing.size == 0:
             existing = existing.reshape(0, L + 1)
         if existing.ndim != 2 or existing.shape[1] != L + 1:
-            raise GenrecError(f"existing codes have shape {existing.shape}, expected (n, {L + 1})",
-                              "pass the catalog's codes of this tokenizer's run")
+            raise InputError(
+                f"existing codes have shape {existing.shape}, expected (n, {L + 1})",
+                "pass the catalog's codes of this tokenizer's run",
+            )
         taken: dict[tuple[int, ...], set[int]] = {}
         for row in existing.tolist():
             taken.setdefault(tuple(row[:L]), set()).add(row[L])
@@ -225,7 +236,7 @@ class SemanticIdTokenizer:
         _, ranked = self.quantizer_.rank_last_level(X_new)
         out = np.zeros((len(X_new), L + 1), dtype=np.int64)
         for i in range(len(X_new)):
-            prefix = tuple(codes[i, :L - 1].tolist())
+            prefix = tuple(codes[i, : L - 1].tolist())
             # the encoded code first (exactly what encode() says), then the others by distance
             first = int(codes[i, L - 1])
             candidates = [first] + [int(c) for c in ranked[i] if c != first]
@@ -239,9 +250,11 @@ class SemanticIdTokenizer:
                     out[i, L] = free
                     break
             else:
-                raise GenrecError(f"no free semantic ID for new item {i}: all {len(candidates) * slots} IDs "
-                                  f"under its prefix {prefix} are taken",
-                                  "re-run `genrec tokenize` with a larger tokenize.min_dedup_codes")
+                raise InputError(
+                    f"no free semantic ID for new item {i}: all {len(candidates) * slots} IDs "
+                    f"under its prefix {prefix} are taken",
+                    "re-run `genrec tokenize` with a larger tokenize.min_dedup_codes",
+                )
         return out
 
     # -- persistence
@@ -254,9 +267,13 @@ class SemanticIdTokenizer:
         qfile = quantizer_file(self.quantizer_cfg.method)
         self.quantizer_.save(folder / qfile)
         np.save(folder / _CODES, self.codes_)
-        meta = {"quantizer_cfg": dataclasses.asdict(self.quantizer_cfg), "quantizer_file": qfile,
-                "min_dedup_codes": self.min_dedup_codes, "level_sizes": self.level_sizes_,
-                "report": self.report_}
+        meta = {
+            "quantizer_cfg": dataclasses.asdict(self.quantizer_cfg),
+            "quantizer_file": qfile,
+            "min_dedup_codes": self.min_dedup_codes,
+            "level_sizes": self.level_sizes_,
+            "report": self.report_,
+        }
         (folder / _META).write_text(json.dumps(meta, indent=2, default=float) + "\n")
 
     @classmethod
@@ -264,8 +281,7 @@ class SemanticIdTokenizer:
         """Read a tokenizer written by :meth:`save`."""
         folder = Path(folder)
         if not (folder / _META).is_file():
-            raise GenrecError(f"{folder} holds no semantic-ID tokenizer ({_META} missing)",
-                              "re-run `genrec tokenize`")
+            raise InputError(f"{folder} holds no semantic-ID tokenizer ({_META} missing)", "re-run `genrec tokenize`")
         meta = json.loads((folder / _META).read_text())
         cfg = from_dict(QuantizerConfig, meta["quantizer_cfg"], source=str(folder / _META))
         tok = cls(cfg, meta["min_dedup_codes"], show_progress=False)

@@ -18,15 +18,19 @@ import numpy as np
 
 from genrec.config import GenrecConfig
 from genrec.data import PreparedDataset
-from genrec.errors import GenrecError
+from genrec.errors import InputError
+from genrec.io import cache_dir
 from genrec.runs import RunFolder
 from genrec.tokenization.catalog import Catalog
-from genrec.tokenization.embeddings import (collaborative_embeddings, combine, item_texts,
-                                            sasrec_embeddings, text_embeddings)
+from genrec.tokenization.embeddings import (
+    collaborative_embeddings,
+    combine,
+    item_texts,
+    sasrec_embeddings,
+    text_embeddings,
+)
 from genrec.tokenization.semantic_ids import SemanticIdTokenizer, plot_code_usage
 
-EMBEDDING_SOURCES = ("text", "collab", "both")
-COLLAB_METHODS = ("ppmi", "sasrec")
 #: RUN/tokenize/ folder of the SASRec fitted for `collab_method: sasrec`
 SASREC_DIR = "collab_sasrec"
 TITLE_CHARS = 80
@@ -42,43 +46,45 @@ def display_titles(dataset: PreparedDataset, texts: list[str]) -> list[str]:
     out = []
     for title, text, item_id in zip(raw, texts, items["item_id"]):
         t = title.strip() or text.strip()
-        out.append((t[:TITLE_CHARS - 1] + "…") if len(t) > TITLE_CHARS else (t or str(item_id)))
+        out.append((t[: TITLE_CHARS - 1] + "…") if len(t) > TITLE_CHARS else (t or str(item_id)))
     return out
 
 
-def item_vectors(dataset: PreparedDataset, cfg: GenrecConfig,
-                 texts: list[str]) -> tuple[np.ndarray, dict, dict]:
+def item_vectors(dataset: PreparedDataset, cfg: GenrecConfig, texts: list[str]) -> tuple[np.ndarray, dict, dict]:
     """(vectors to quantize, report, fitted models to keep by folder name), from the configured source.
 
     The report holds ``collab_width`` (columns of the collaborative part, which new items
-    added by text get as zeros) and, for ``collab_method: sasrec``, the fitted SASRec's
-    best epoch and validation NDCG@10.
+    added by text get as zeros) and, for ``collab_method: sasrec``, how the SASRec fit went
+    (read from the model, also when it came from the cache): seed, best epoch, its validation
+    NDCG@10, epochs run, training seconds and the cache folder it was loaded from (or null).
     """
     ecfg = cfg.tokenize.embedding
-    if ecfg.source not in EMBEDDING_SOURCES:
-        raise GenrecError(f"unknown tokenize.embedding.source {ecfg.source!r}",
-                          f"use one of {', '.join(EMBEDDING_SOURCES)}")
-    if ecfg.collab_method not in COLLAB_METHODS:
-        raise GenrecError(f"unknown tokenize.embedding.collab_method {ecfg.collab_method!r}",
-                          f"use one of {', '.join(COLLAB_METHODS)}")
     vecs, report, fitted = [], {}, {}
-    cache = cfg.resolve_path(ecfg.cache_dir) if ecfg.cache_dir else Path(".cache/embeddings")
+    cache = cfg.resolve_path(ecfg.cache_dir) if ecfg.cache_dir else cache_dir("embeddings")
     if ecfg.source in ("text", "both"):
         if not any(t.strip() for t in texts):
-            raise GenrecError("the items have no text to embed",
-                              "set tokenize.embedding.source: collab (IDs from interactions)")
+            raise InputError(
+                "the items have no text to embed", "set tokenize.embedding.source: collab (IDs from interactions)"
+            )
         vecs.append(text_embeddings(texts, model=ecfg.model, batch_size=ecfg.batch_size, cache_dir=cache))
     if ecfg.source in ("collab", "both"):
         if ecfg.collab_method == "sasrec":
             collab, rec = sasrec_embeddings(dataset, cfg.sasrec, cache_dir=cache)
             fitted[SASREC_DIR] = rec
-            report["sasrec"] = {"best_epoch": rec.best_epoch, "best_valid_ndcg@10": round(rec.best_valid_ndcg, 5),
-                                "train_seconds": round(rec.train_seconds, 1)}
+            report["sasrec"] = {
+                "seed": rec.config.seed,
+                "best_epoch": rec.best_epoch,
+                "best_valid_ndcg@10": round(rec.best_valid_ndcg, 5),
+                "epochs_run": rec.epochs_run,
+                "train_seconds": round(rec.train_seconds, 1),
+                "loaded_from_cache": str(rec.loaded_from) if rec.loaded_from is not None else None,
+            }
         else:
             index = dataset.item_index()
             seqs = [[index[i] for i in s] for s in dataset.train_sequences().values()]
-            collab = collaborative_embeddings(seqs, dataset.n_items, dim=ecfg.collab_dim,
-                                              window=ecfg.collab_window, seed=cfg.seed)
+            collab = collaborative_embeddings(
+                seqs, dataset.n_items, dim=ecfg.collab_dim, window=ecfg.collab_window, seed=cfg.seed
+            )
         report["collab_width"] = int(collab.shape[1])
         vecs.append(collab)
     return (vecs[0] if len(vecs) == 1 else combine(vecs[0], vecs[1])), report, fitted
@@ -97,18 +103,40 @@ def tokenize_stage(cfg: GenrecConfig) -> Catalog:
     t0 = time.perf_counter()
     sid.fit(X)
     t_fit = time.perf_counter() - t0
-    catalog = Catalog(dataset.items["item_id"].astype(str).tolist(), sid.codes_, sid.level_sizes_,
-                      display_titles(dataset, texts), texts)
+    catalog = Catalog(
+        dataset.items["item_id"].astype(str).tolist(),
+        sid.codes_,
+        sid.level_sizes_,
+        display_titles(dataset, texts),
+        texts,
+    )
     report = dict(sid.report_)
-    report.update({"n_items": len(catalog), "depth": catalog.depth, "level_sizes": catalog.level_sizes,
-                   "embedding_source": cfg.tokenize.embedding.source, "embedding_dim": int(X.shape[1]),
-                   "seconds_embed": round(t_embed, 2), "seconds_fit": round(t_fit, 2),
-                   "template": template, "collab_method": cfg.tokenize.embedding.collab_method
-                   if cfg.tokenize.embedding.source != "text" else None, **vec_report})
-    info = {"method": cfg.tokenize.quantizer.method, "levels": cfg.tokenize.quantizer.levels,
-            "codebook_size": cfg.tokenize.quantizer.codebook_size, "seed": cfg.tokenize.quantizer.seed,
-            "embedding_source": cfg.tokenize.embedding.source, "collab_method": report["collab_method"],
-            "collision_rate": report.get("collision_rate"), "level_sizes": catalog.level_sizes}
+    report.update(
+        {
+            "n_items": len(catalog),
+            "depth": catalog.depth,
+            "level_sizes": catalog.level_sizes,
+            "embedding_source": cfg.tokenize.embedding.source,
+            "embedding_dim": int(X.shape[1]),
+            "seconds_embed": round(t_embed, 2),
+            "seconds_fit": round(t_fit, 2),
+            "template": template,
+            "collab_method": cfg.tokenize.embedding.collab_method if cfg.tokenize.embedding.source != "text" else None,
+            **vec_report,
+        }
+    )
+    info = {
+        "method": cfg.tokenize.quantizer.method,
+        "levels": cfg.tokenize.quantizer.levels,
+        "codebook_size": cfg.tokenize.quantizer.codebook_size,
+        "seed": cfg.tokenize.quantizer.seed,
+        "embedding_source": cfg.tokenize.embedding.source,
+        "collab_method": report["collab_method"],
+        "collision_rate": report.get("collision_rate"),
+        "level_sizes": catalog.level_sizes,
+    }
+    if "sasrec" in report:
+        info["sasrec"] = report["sasrec"]
     with run.stage("tokenize", info) as out:
         catalog.save(out)
         sid.save(out / "sid_tokenizer")
@@ -119,11 +147,21 @@ def tokenize_stage(cfg: GenrecConfig) -> Catalog:
             model.save(out / name)
         # what new items need to be embedded the same way later (genrec items add)
         ecfg = cfg.tokenize.embedding
-        (out / "embedding.json").write_text(json.dumps(
-            {"source": ecfg.source, "model": ecfg.model, "template": template,
-             "batch_size": ecfg.batch_size, "collab_dim": vec_report.get("collab_width", ecfg.collab_dim),
-             "collab_method": ecfg.collab_method,
-             "text_fields": list(dataset.text_fields)}, indent=2) + "\n")
+        (out / "embedding.json").write_text(
+            json.dumps(
+                {
+                    "source": ecfg.source,
+                    "model": ecfg.model,
+                    "template": template,
+                    "batch_size": ecfg.batch_size,
+                    "collab_dim": vec_report.get("collab_width", ecfg.collab_dim),
+                    "collab_method": ecfg.collab_method,
+                    "text_fields": list(dataset.text_fields),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return catalog
 
 

@@ -96,7 +96,7 @@ class ItemTrie:
         node = self.node_of(prefix)
         if node < 0:
             return []
-        return self.edge_token[self.edge_ptr[node]:self.edge_ptr[node + 1]].tolist()
+        return self.edge_token[self.edge_ptr[node] : self.edge_ptr[node + 1]].tolist()
 
     def item_of(self, sequence: Sequence[int]) -> int | None:
         """Item index spelled by a full token sequence, or None."""
@@ -117,8 +117,13 @@ class ItemTrie:
         hit = (self.edge_key[pos] == key) & (nodes >= 0)
         return torch.where(hit, self.edge_child[pos], torch.full_like(key, -1))
 
-    def allowed_mask(self, nodes: torch.Tensor, exclusion: "Exclusion | None" = None,
-                     rows: torch.Tensor | None = None, vocab_size: int | None = None) -> torch.Tensor:
+    def allowed_mask(
+        self,
+        nodes: torch.Tensor,
+        exclusion: "Exclusion | None" = None,
+        rows: torch.Tensor | None = None,
+        vocab_size: int | None = None,
+    ) -> torch.Tensor:
         """Boolean (len(nodes), vocab) mask of the tokens each beam may take next.
 
         Args:
@@ -158,8 +163,9 @@ class ItemTrie:
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
-        np.savez_compressed(Path(folder) / TRIE_FILE, sequences=self.sequences.numpy(),
-                            vocab_size=np.int64(self.vocab_size))
+        np.savez_compressed(
+            Path(folder) / TRIE_FILE, sequences=self.sequences.numpy(), vocab_size=np.int64(self.vocab_size)
+        )
 
     @classmethod
     def load(cls, folder: str | Path) -> "ItemTrie":

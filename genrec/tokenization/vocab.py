@@ -41,16 +41,26 @@ def add_item_tokens(tokenizer, catalog: Catalog) -> list[int]:
 
 def _add_tokens(tokenizer, tokens: list[str]) -> list[int]:
     vocab = tokenizer.get_vocab()
-    new = [AddedToken(t, single_word=False, lstrip=False, rstrip=False, normalized=False, special=False)
-           for t in tokens if t not in vocab]
+    new = [
+        AddedToken(t, single_word=False, lstrip=False, rstrip=False, normalized=False, special=False)
+        for t in tokens
+        if t not in vocab
+    ]
     if new:
         tokenizer.add_tokens(new)
     return tokenizer.convert_tokens_to_ids(tokens)
 
 
 @torch.no_grad()
-def resize_model_for_catalog(model, tokenizer, catalog: Catalog, init: str = "text",
-                             max_text_tokens: int = 32, seed: int = 0, item_tokens: bool = False) -> list[int]:
+def resize_model_for_catalog(
+    model,
+    tokenizer,
+    catalog: Catalog,
+    init: str = "text",
+    max_text_tokens: int = 32,
+    seed: int = 0,
+    item_tokens: bool = False,
+) -> list[int]:
     """Add the code tokens (and with ``item_tokens`` the item tokens) to ``tokenizer`` and grow
     ``model``'s embeddings to match.
 
@@ -87,14 +97,15 @@ def resize_model_for_catalog(model, tokenizer, catalog: Catalog, init: str = "te
             w[new_ids] = rows.to(w.dtype)
         # item rows after the code rows they are averaged from
         if new_items:
-            items = w[item_code_rows].float().mean(1)   # (n, depth, dim) -> the mean of each item's code rows
+            items = w[item_code_rows].float().mean(1)  # (n, depth, dim) -> the mean of each item's code rows
             items = items / items.norm(dim=1, keepdim=True).clamp(min=1e-12) * target
             w[item_rows] = items.to(w.dtype)
     return token_ids
 
 
-def _code_text_means(weight: torch.Tensor, tokenizer, catalog: Catalog, max_text_tokens: int,
-                     old_rows: int, new_ids: torch.Tensor) -> torch.Tensor:
+def _code_text_means(
+    weight: torch.Tensor, tokenizer, catalog: Catalog, max_text_tokens: int, old_rows: int, new_ids: torch.Tensor
+) -> torch.Tensor:
     """Per new code token: mean over its items of the mean row of the item's text tokens."""
     texts = [t or title for t, title in zip(catalog.texts, catalog.titles)]
     enc = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_text_tokens)["input_ids"]

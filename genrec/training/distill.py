@@ -11,8 +11,8 @@ decodes them:
   by their code at level ``l`` and renormalised (teacher forcing, as the student is trained).
 
 Beam search over these hierarchies loses almost nothing when the scores are SASRec's own
-(measured on Beauty: hit@10 0.096 under beam 20 vs 0.0955 flat), so what the student lacks is
-the teacher's distribution, not a structure that could hold it.
+(`bench/quality_beam_oracle.py` measures it), so what the student lacks is the teacher's
+distribution, not a structure that could hold it.
 
 The teacher sees the same items the prompt shows (the history window and, for the answer,
 everything before it), one forward pass per batch, in fp32 without gradients.
@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from genrec.errors import GenrecError
+from genrec.errors import InputError
 from genrec.tokenization.catalog import Catalog, code_token
 
 
@@ -34,7 +34,7 @@ class SASRecTeacher:
     """Per-token code distributions of a saved SASRec over a catalog's semantic IDs.
 
     Args:
-        folder: a folder written by :meth:`genrec.evaluation.sasrec.SASRecRecommender.save`
+        folder: a folder written by :meth:`genrec.models.sasrec.SASRecRecommender.save`
             (``RUN/tokenize/collab_sasrec`` of a ``collab_method: sasrec`` run, or a baseline's
             ``RUN/baselines/sasrec``), trained on the same prepared data.
         catalog: the run's catalog (its rows are the teacher's items).
@@ -44,16 +44,19 @@ class SASRecTeacher:
         temperature: softens (> 1) or sharpens (< 1) the teacher's item distribution.
     """
 
-    def __init__(self, folder: str | Path, catalog: Catalog, tokenizer, code_ids: torch.Tensor,
-                 temperature: float = 1.0):
-        from genrec.evaluation.sasrec import SASRecRecommender
+    def __init__(
+        self, folder: str | Path, catalog: Catalog, tokenizer, code_ids: torch.Tensor, temperature: float = 1.0
+    ):
+        from genrec.models.sasrec import SASRecRecommender
 
         if temperature <= 0:
-            raise GenrecError(f"train.distill_temperature is {temperature}", "use a positive value such as 1.0")
+            raise InputError(f"train.distill_temperature is {temperature}", "use a positive value such as 1.0")
         self.rec = SASRecRecommender.load(folder)
         if self.rec.n_items != len(catalog):
-            raise GenrecError(f"the SASRec in {folder} scores {self.rec.n_items} items, the catalog has {len(catalog)}",
-                              "distill from a SASRec trained on this run's prepared data")
+            raise InputError(
+                f"the SASRec in {folder} scores {self.rec.n_items} items, the catalog has {len(catalog)}",
+                "distill from a SASRec trained on this run's prepared data",
+            )
         self.model = self.rec.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -69,8 +72,10 @@ class SASRecTeacher:
             ids = torch.tensor(tokenizer.convert_tokens_to_ids([code_token(level, c) for c in range(size)]))
             col = torch.searchsorted(code_ids, ids)
             if (col >= len(code_ids)).any() or (code_ids[col.clamp(max=len(code_ids) - 1)] != ids).any():
-                raise GenrecError("the student's code rows do not cover the catalog's code tokens",
-                                  "build the model with build_model for this catalog")
+                raise InputError(
+                    "the student's code rows do not cover the catalog's code tokens",
+                    "build the model with build_model for this catalog",
+                )
             self.col.append(col)
         # level l > 0: the items under each l-code prefix (padded with n_items, a zero-probability column)
         self.group_of, self.members = [None], [None]
@@ -87,7 +92,9 @@ class SASRecTeacher:
             self.members.append(members)
 
     # -- slots ---------------------------------------------------------------------------------
-    def slots(self, row_ids: Sequence[int], items: Sequence[int], code_set: frozenset[int]) -> list[tuple[int, int, int]]:
+    def slots(
+        self, row_ids: Sequence[int], items: Sequence[int], code_set: frozenset[int]
+    ) -> list[tuple[int, int, int]]:
         """(token position, item index in ``items``, level) of every ID token that a teacher can score.
 
         ``row_ids`` are one example's tokens as the model reads them; its code-token runs are,
@@ -112,8 +119,9 @@ class SASRecTeacher:
 
     # -- targets -------------------------------------------------------------------------------
     @torch.no_grad()
-    def targets(self, items: Sequence[Sequence[int]], slots: Sequence[Sequence[tuple[int, int, int]]]
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def targets(
+        self, items: Sequence[Sequence[int]], slots: Sequence[Sequence[tuple[int, int, int]]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(batch rows, token positions, distributions ``(n_slots, len(code_ids))``) for a batch.
 
         ``items[r]`` are example r's shown items + target (catalog rows) and ``slots[r]`` its
@@ -130,15 +138,17 @@ class SASRecTeacher:
         seq = torch.zeros(len(ctx), L, dtype=torch.long)
         for r, c in enumerate(ctx):
             if c:
-                seq[r, L - len(c):] = torch.tensor(c, dtype=torch.long) + 1
-        hidden = self.model(seq[:, -self.rec.config.max_len:] if L > self.rec.config.max_len else seq)
+                seq[r, L - len(c) :] = torch.tensor(c, dtype=torch.long) + 1
+        hidden = self.model(seq[:, -self.rec.config.max_len :] if L > self.rec.config.max_len else seq)
         L_used = hidden.shape[1]
         pair_index = {p: i for i, p in enumerate(pairs)}
         rows = torch.tensor([r for r, _ in pairs])
         pos = torch.tensor([L_used - len(ctx[r]) + (j - 1) for r, j in pairs])
         if (pos < 0).any():
-            raise GenrecError("a history is longer than the teacher's max_len",
-                              "distill from a SASRec with sasrec.max_len >= data.max_history")
+            raise InputError(
+                "a history is longer than the teacher's max_len",
+                "distill from a SASRec with sasrec.max_len >= data.max_history",
+            )
         probs = torch.softmax(self.model.logits(hidden[rows, pos]).float() / self.temperature, dim=-1)
         target = torch.tensor([items[r][j] for r, j in pairs])
         # per level, the distribution over that level's codes, for every (example, item) pair
@@ -149,7 +159,7 @@ class SASRecTeacher:
         padded = torch.cat([probs, torch.zeros(M, 1)], dim=1)
         codes_pad = torch.cat([self.codes, torch.zeros(1, self.depth, dtype=torch.long)], dim=0)
         for level in range(1, self.depth):
-            members = self.members[level][self.group_of[level][target]]          # (M, G)
+            members = self.members[level][self.group_of[level][target]]  # (M, G)
             mass = padded.gather(1, members)
             dist = torch.zeros(M, self.level_sizes[level]).scatter_add_(1, codes_pad[members, level], mass)
             per_level.append(dist / dist.sum(1, keepdim=True).clamp_min(1e-12))

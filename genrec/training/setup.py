@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from genrec.config import GenrecConfig
-from genrec.errors import GenrecError
+from genrec.errors import InputError
 from genrec.tokenization.catalog import Catalog
 from genrec.tokenization.vocab import add_item_tokens, resize_model_for_catalog
-from genrec.training.models import load_tokenizer, resolve_model
+from genrec.models.base_lm import load_tokenizer, resolve_model
 
 #: item-table fields that hold a category or genre, by preference
 CATEGORY_FIELDS = ("genres", "categories", "category", "attributes")
@@ -33,19 +33,19 @@ def _scratch_model(cfg: GenrecConfig, vocab_size: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     m = cfg.model
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=m.scratch_hidden, intermediate_size=m.scratch_intermediate,
-                         num_hidden_layers=m.scratch_layers, num_attention_heads=m.scratch_heads,
-                         num_key_value_heads=m.scratch_kv_heads, max_position_embeddings=1024,
-                         tie_word_embeddings=True, attn_implementation=m.attn_implementation)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=m.scratch_hidden,
+        intermediate_size=m.scratch_intermediate,
+        num_hidden_layers=m.scratch_layers,
+        num_attention_heads=m.scratch_heads,
+        num_key_value_heads=m.scratch_kv_heads,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        attn_implementation=m.attn_implementation,
+    )
     torch.manual_seed(cfg.seed)
     return LlamaForCausalLM(config)
-
-
-def check_dropout(p: float) -> None:
-    """A clear error for a `model.dropout` that is not a probability (before any model is built)."""
-    if not 0.0 <= p < 1.0:
-        raise GenrecError(f"model.dropout is {p}; it is a probability",
-                          "use 0 (off) or a value such as 0.1-0.3")
 
 
 def add_dropout(model, p: float) -> None:
@@ -56,17 +56,19 @@ def add_dropout(model, p: float) -> None:
     It is added with forward hooks, so the saved weights and config stay a plain Llama; every hook
     follows ``module.training``, so evaluation and serving never drop anything.
     """
-    check_dropout(p)
     if p == 0.0:
         return
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     layers = getattr(getattr(base, "model", None), "layers", None)
     if layers is None or not all(hasattr(l, "self_attn") and hasattr(l, "mlp") for l in layers):
-        raise GenrecError(f"model.dropout needs a Llama-style model (decoder layers with self_attn and mlp); "
-                          f"{type(base).__name__} has none", "set model.dropout=0 for this model")
+        raise InputError(
+            f"model.dropout needs a Llama-style model (decoder layers with self_attn and mlp); "
+            f"{type(base).__name__} has none",
+            "set model.dropout=0 for this model",
+        )
 
     def drop_output(module, args, output):
-        if isinstance(output, tuple):   # attention returns (output, weights)
+        if isinstance(output, tuple):  # attention returns (output, weights)
             return (F.dropout(output[0], p, module.training),) + tuple(output[1:])
         return F.dropout(output, p, module.training)
 
@@ -75,7 +77,7 @@ def add_dropout(model, p: float) -> None:
         layer.self_attn.register_forward_hook(drop_output)
         layer.mlp.register_forward_hook(drop_output)
         if hasattr(layer.self_attn, "attention_dropout"):
-            layer.self_attn.attention_dropout = p   # read in forward only while training
+            layer.self_attn.attention_dropout = p  # read in forward only while training
 
 
 def build_model(cfg: GenrecConfig, catalog: Catalog):
@@ -90,12 +92,15 @@ def build_model(cfg: GenrecConfig, catalog: Catalog):
         where = resolve_model(mcfg.name)
         kwargs = {"attn_implementation": mcfg.attn_implementation, "dtype": torch.float32}
         if tcfg.finetune == "qlora":
-            # On this CPU, bench/qlora_probe.py measured LoRA over an nf4 base learning as fast
-            # as LoRA over the fp32 base (loss 5.28 -> 1.01 vs 5.00 -> 1.60 in 8 steps).
+            # nf4 base weights, bf16 compute: the QLoRA recipe; double quantization saves a little more memory
             from transformers import BitsAndBytesConfig
+
             kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
-                bnb_4bit_use_double_quant=True)
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_compute_dtype=torch.bfloat16,
+                bnb_4bit_use_double_quant=True,
+            )
             kwargs["device_map"] = {"": "cuda" if torch.cuda.is_available() else "cpu"}
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     # generation config of the base must never switch on sampling in our decoding paths
@@ -103,13 +108,14 @@ def build_model(cfg: GenrecConfig, catalog: Catalog):
         model.generation_config.do_sample = False
         for k in ("temperature", "top_p", "top_k"):
             setattr(model.generation_config, k, None)
-    code_ids = resize_model_for_catalog(model, tokenizer, catalog, init=mcfg.embedding_init, seed=cfg.seed,
-                                        item_tokens=tcfg.item_tokens)
+    code_ids = resize_model_for_catalog(
+        model, tokenizer, catalog, init=mcfg.embedding_init, seed=cfg.seed, item_tokens=tcfg.item_tokens
+    )
     if tcfg.finetune == "full":
         for p in model.parameters():
             p.requires_grad_(True)
     else:
-        item_ids = add_item_tokens(tokenizer, catalog) if tcfg.item_tokens else []   # already added: ids only
+        item_ids = add_item_tokens(tokenizer, catalog) if tcfg.item_tokens else []  # already added: ids only
         model = _add_lora(model, tcfg, list(code_ids) + list(item_ids))
     # hooks go on last: resizing and peft replace the embedding module they would sit on
     add_dropout(model, mcfg.dropout)
@@ -121,9 +127,15 @@ def _add_lora(model, tcfg, new_token_ids):
 
     if tcfg.finetune == "qlora":
         from peft import prepare_model_for_kbit_training
+
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    lcfg = LoraConfig(r=tcfg.lora_r, lora_alpha=tcfg.lora_alpha, lora_dropout=tcfg.lora_dropout,
-                      target_modules=list(tcfg.lora_targets), task_type="CAUSAL_LM",
-                      # the new code (and item) token rows are trained; the rest of the vocabulary stays frozen
-                      trainable_token_indices={"embed_tokens": list(new_token_ids)})
+    lcfg = LoraConfig(
+        r=tcfg.lora_r,
+        lora_alpha=tcfg.lora_alpha,
+        lora_dropout=tcfg.lora_dropout,
+        target_modules=list(tcfg.lora_targets),
+        task_type="CAUSAL_LM",
+        # the new code (and item) token rows are trained; the rest of the vocabulary stays frozen
+        trainable_token_indices={"embed_tokens": list(new_token_ids)},
+    )
     return get_peft_model(model, lcfg)

@@ -1,7 +1,7 @@
 """The engine side of genrec on vLLM: a V1 logits processor that keeps decoding on the item trie.
 
 It is registered when the engine starts (``LLM(logits_processors=[TrieLogitsProcessor])``,
-``--logits-processors genrec.serving.vllm_processor:TrieLogitsProcessor``, or the
+``--logits-processors genrec.decoding.vllm_processor:TrieLogitsProcessor``, or the
 ``vllm.logits_processors`` entry point this package declares) and stays inert for
 requests that do not ask for it, so one engine can serve free text and item IDs.
 
@@ -73,16 +73,16 @@ def check_xargs(args: Any) -> dict:
         raise ValueError(f"extra_args[{XARGS_KEY!r}] must be an object, got {type(args).__name__}")
     unknown = set(args) - {"trie", "version", "prefix_len", "exclude", "allow", "mode"}
     if unknown:
-        raise ValueError(f"unknown genrec argument(s) {sorted(unknown)}; "
-                         "use trie, version, prefix_len, exclude, allow, mode")
+        raise ValueError(
+            f"unknown genrec argument(s) {sorted(unknown)}; use trie, version, prefix_len, exclude, allow, mode"
+        )
     if args.get("mode", "mask") not in MODES:
         raise ValueError(f"genrec mode must be one of {MODES}, got {args.get('mode')!r}")
     if not isinstance(args.get("prefix_len", 0), int) or args.get("prefix_len", 0) < 0:
         raise ValueError("genrec prefix_len must be a non-negative integer")
     for key in ("exclude", "allow"):
         value = args.get(key)
-        if value is not None and (not isinstance(value, (list, tuple)) or
-                                  not all(isinstance(v, int) for v in value)):
+        if value is not None and (not isinstance(value, (list, tuple)) or not all(isinstance(v, int) for v in value)):
             raise ValueError(f"genrec {key} must be a list of catalog row numbers")
     return args
 
@@ -152,7 +152,7 @@ class TrieLogitsProcessor(LogitsProcessor):
         elif args.get("exclude"):
             exclusion = trie.exclusion([args["exclude"]])
         n = int(args.get("prefix_len", 0))
-        prefix = list(prompt_ids[len(prompt_ids) - n:]) if (n and prompt_ids) else []
+        prefix = list(prompt_ids[len(prompt_ids) - n :]) if (n and prompt_ids) else []
         return _Row(trie, exclusion, args.get("mode", "mask"), prefix, output_ids, sink, self.eos)
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
@@ -171,8 +171,9 @@ class TrieLogitsProcessor(LogitsProcessor):
             depth = int(row.trie.node_depth[node]) if node >= 0 else -1
             allowed = torch.zeros(values.shape[0], dtype=torch.bool, device=values.device)
             if 0 <= depth < row.trie.depth:
-                mask = row.trie.allowed_mask(torch.tensor([node]), row.exclusion, rows=zero,
-                                             vocab_size=values.shape[0])[0]
+                mask = row.trie.allowed_mask(
+                    torch.tensor([node]), row.exclusion, rows=zero, vocab_size=values.shape[0]
+                )[0]
                 allowed |= mask.to(values.device)
             elif row.eos is not None:
                 # the ID is complete (or the prefix left the trie): the only way on is to stop

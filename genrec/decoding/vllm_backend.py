@@ -12,60 +12,49 @@ only the last block of the prompt.
 
 :class:`ItemBeamSearch` is the search for one request with no I/O at all; the offline
 :class:`VllmRecommender` advances many of them in lock step through ``LLM.generate``,
-and the server (``genrec.serving.server``) advances each one with ``AsyncLLM``.
+and the server (``genrec.serving.engine``) advances each one with ``AsyncLLM``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from tqdm.auto import tqdm
 
-from genrec.errors import GenrecError
-from genrec.serving.vllm_processor import XARGS_KEY, sink_token_id
-from genrec.tokenization.catalog import Catalog
+from genrec.config import EngineConfig
+from genrec.decoding.vllm_processor import XARGS_KEY, sink_token_id
+from genrec.errors import InputError
+from genrec.exported import ExportedModel
+from genrec.recommender import Recommendation
 from genrec.tokenization.trie import ItemTrie
 
 #: vLLM reports "no such candidate" as very negative numbers (``-inf``, or -9999.0 over JSON).
 _JUNK = -1e4
 
 
-@dataclass
-class EngineSettings:
-    """How genrec starts a vLLM engine for an exported model folder."""
+def engine_kwargs(settings: EngineConfig, model_dir: str | Path) -> dict:
+    """Keyword arguments for ``LLM(...)`` / ``AsyncEngineArgs(...)`` serving an exported model folder."""
+    from genrec.decoding.vllm_processor import TrieLogitsProcessor
 
-    dtype: str = field(default="float32", metadata={"help": "Model dtype (float32 matches the HF backend's ranking; bfloat16 is faster on CPUs with AMX)."})
-    max_beams: int = field(default=50, metadata={"help": "Largest beam width / k a request may ask for (sets max_logprobs)."})
-    block_size: int = field(default=32, metadata={"help": "KV-cache block in tokens. Prefix caching reuses whole blocks only; the CPU default of 128 is longer than most recommendation prompts, so nothing would be reused. 32 is the smallest the CPU backend accepts."})
-    max_model_len: int = field(default=2048, metadata={"help": "Longest prompt + answer in tokens (capped at the model's max_position_embeddings)."})
-    kv_cache_gib: int = field(default=1, metadata={"help": "KV-cache memory on CPU (VLLM_CPU_KVCACHE_SPACE)."})
-    enforce_eager: bool = field(default=True, metadata={"help": "Skip torch.compile (starts in ~15 s instead of ~40 s on CPU)."})
-    max_num_seqs: int = field(default=256, metadata={"help": "Requests the engine batches together per step (beams x users)."})
-    seed: int = field(default=0, metadata={"help": "Engine seed (sampling only; beam search is deterministic)."})
-
-    def context_length(self, model_dir: str | Path) -> int:
-        """``max_model_len`` capped at what the model was built for."""
-        config = json.loads((Path(model_dir) / "config.json").read_text())
-        return min(self.max_model_len, int(config.get("max_position_embeddings") or self.max_model_len))
-
-    def engine_kwargs(self, model_dir: str | Path) -> dict:
-        """Keyword arguments for ``LLM(...)`` / ``AsyncEngineArgs(...)``."""
-        from genrec.serving.vllm_processor import TrieLogitsProcessor
-
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
-        return dict(model=str(model_dir), tokenizer=str(model_dir), dtype=self.dtype,
-                    enforce_eager=self.enforce_eager, block_size=self.block_size,
-                    enable_prefix_caching=True, max_model_len=self.context_length(model_dir),
-                    # processed log-probs are the ones after the trie mask (see TrieLogitsProcessor)
-                    logprobs_mode="processed_logprobs", max_logprobs=self.max_beams + 1,
-                    logits_processors=[] if processor_entry_point_installed() else [TrieLogitsProcessor],
-                    max_num_seqs=self.max_num_seqs,
-                    seed=self.seed)
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.kv_cache_gib))
+    return dict(
+        model=str(model_dir),
+        tokenizer=str(model_dir),
+        dtype=settings.dtype,
+        enforce_eager=settings.enforce_eager,
+        block_size=settings.block_size,
+        enable_prefix_caching=True,
+        max_model_len=settings.context_length(model_dir),
+        # processed log-probs are the ones after the trie mask (see TrieLogitsProcessor)
+        logprobs_mode="processed_logprobs",
+        max_logprobs=settings.max_beams + 1,
+        logits_processors=[] if processor_entry_point_installed() else [TrieLogitsProcessor],
+        max_num_seqs=settings.max_num_seqs,
+        seed=settings.seed,
+    )
 
 
 def processor_entry_point_installed() -> bool:
@@ -77,16 +66,6 @@ def processor_entry_point_installed() -> bool:
     from importlib.metadata import entry_points
 
     return any(ep.value.endswith(":TrieLogitsProcessor") for ep in entry_points(group="vllm.logits_processors"))
-
-
-def check_exported_model(folder: str | Path) -> dict:
-    """The prompt settings of an exported model folder, or a clear error."""
-    folder = Path(folder)
-    settings = folder / "genrec.json"
-    if not settings.is_file():
-        raise GenrecError(f"{folder} is not an exported genrec model (no genrec.json)",
-                          "run `genrec train CONFIG` first; it exports RUN/model")
-    return json.loads(settings.read_text())
 
 
 class ItemBeamSearch:
@@ -105,8 +84,15 @@ class ItemBeamSearch:
         base_xargs: extra ``genrec`` arguments for every request (trie folder and version).
     """
 
-    def __init__(self, trie: ItemTrie, num_beams: int, top_k: int, exclude: Iterable[int] | None = None,
-                 allow: Iterable[int] | None = None, base_xargs: dict | None = None):
+    def __init__(
+        self,
+        trie: ItemTrie,
+        num_beams: int,
+        top_k: int,
+        exclude: Iterable[int] | None = None,
+        allow: Iterable[int] | None = None,
+        base_xargs: dict | None = None,
+    ):
         if top_k > num_beams:
             raise ValueError(f"top_k={top_k} is larger than num_beams={num_beams}")
         self.trie, self.num_beams, self.top_k = trie, num_beams, top_k
@@ -172,54 +158,68 @@ def top_logprobs(completion_output) -> dict[int, float]:
 
 
 class VllmRecommender:
-    """Offline batch recommendation on a vLLM engine (same answers as the HF ``Recommender``).
+    """Offline batch recommendation on a vLLM engine (same answers as the HF ``GenerativeRecommender``).
 
     Args:
         folder: an exported model folder (RUN/model).
-        settings: engine settings.
+        settings: engine settings (the config's ``engine`` section).
     """
 
-    def __init__(self, folder: str | Path, settings: EngineSettings | None = None):
-        from transformers import AutoTokenizer
+    def __init__(self, folder: str | Path, settings: EngineConfig | None = None):
         from vllm import LLM
 
-        from genrec.training.prompts import PromptFormatter
-
         self.folder = Path(folder)
-        prompt_settings = check_exported_model(self.folder)
-        self.settings = settings or EngineSettings()
-        tok = AutoTokenizer.from_pretrained(self.folder)
-        self.catalog = Catalog.load(self.folder)
-        self.formatter = PromptFormatter.from_settings(tok, self.catalog, prompt_settings)
-        self.trie = ItemTrie.load(self.folder)
-        self.llm = LLM(**self.settings.engine_kwargs(self.folder))
+        exported = ExportedModel.load(self.folder, with_model=False)
+        self.settings = settings or EngineConfig()
+        self.catalog, self.formatter, self.trie = exported.catalog, exported.formatter, exported.trie
+        self.llm = LLM(**engine_kwargs(self.settings, self.folder))
 
-    def rank(self, prompts: Sequence[Sequence[int]], k: int = 10, num_beams: int = 20,
-             exclude: Sequence[Iterable[int]] | None = None, allow: Sequence[Iterable[int]] | None = None,
-             batch_size: int = 16, progress: bool = False) -> list[list[tuple[int, float]]]:
+    def rank(
+        self,
+        prompts: Sequence[Sequence[int]],
+        k: int = 10,
+        num_beams: int = 20,
+        exclude: Sequence[Iterable[int]] | None = None,
+        allow: Sequence[Iterable[int]] | None = None,
+        batch_size: int = 16,
+        progress: bool = False,
+    ) -> list[list[tuple[int, float]]]:
         """Top-``k`` (catalog row, score) per prompt; ``batch_size`` prompts share each engine call."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         if num_beams > self.settings.max_beams:
-            raise GenrecError(f"num_beams={num_beams} is above the engine's maximum {self.settings.max_beams}",
-                              "lower num_beams or start the engine with a larger max_beams")
+            raise InputError(
+                f"num_beams={num_beams} is above the engine's maximum {self.settings.max_beams}",
+                "lower num_beams or start the engine with a larger max_beams",
+            )
         out: list[list[tuple[int, float]]] = []
         bar = tqdm(total=len(prompts), desc="recommending (vLLM)", unit="user", disable=not progress)
         for start in range(0, len(prompts), batch_size):
             stop = min(len(prompts), start + batch_size)
-            searches = [ItemBeamSearch(self.trie, num_beams, k,
-                                       exclude=exclude[i] if exclude is not None else None,
-                                       allow=allow[i] if allow is not None else None)
-                        for i in range(start, stop)]
+            searches = [
+                ItemBeamSearch(
+                    self.trie,
+                    num_beams,
+                    k,
+                    exclude=exclude[i] if exclude is not None else None,
+                    allow=allow[i] if allow is not None else None,
+                )
+                for i in range(start, stop)
+            ]
             while not all(s.done for s in searches):
                 batch, owners = [], []
                 for j, search in enumerate(searches):
                     if search.done:
                         continue
                     for prefix in search.requests():
-                        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=search.logprobs,
-                                                extra_args=search.xargs(prefix), detokenize=False)
+                        params = SamplingParams(
+                            max_tokens=1,
+                            temperature=0.0,
+                            logprobs=search.logprobs,
+                            extra_args=search.xargs(prefix),
+                            detokenize=False,
+                        )
                         batch.append((TokensPrompt(prompt_token_ids=list(prompts[start + j]) + list(prefix)), params))
                         owners.append(j)
                 results = self.llm.generate([p for p, _ in batch], [sp for _, sp in batch], use_tqdm=False)
@@ -233,15 +233,22 @@ class VllmRecommender:
         bar.close()
         return out
 
-    def recommend(self, histories: Sequence[Sequence[int]], k: int = 10, num_beams: int = 20,
-                  exclude: Sequence[Iterable[int]] | None = None, batch_size: int = 16,
-                  progress: bool = False) -> list[list[Any]]:
-        """Like :meth:`Recommender.recommend`: Recommendation lists for item-row histories."""
-        from genrec.serving.recommender import Recommendation
-
+    def recommend(
+        self,
+        histories: Sequence[Sequence[int]],
+        k: int = 10,
+        *,
+        exclude: Sequence[Iterable[int]] | None = None,
+        allow: Sequence[Iterable[int]] | None = None,
+        progress: bool = False,
+        num_beams: int = 20,
+        batch_size: int = 16,
+    ) -> list[list[Recommendation]]:
+        """Like :meth:`GenerativeRecommender.recommend` (a :class:`~genrec.recommender.Recommender`)."""
         prompts = [self.formatter.next_item_prompt(h) for h in histories]
-        ranked = self.rank(prompts, k=k, num_beams=num_beams, exclude=exclude, batch_size=batch_size,
-                           progress=progress)
+        ranked = self.rank(
+            prompts, k=k, num_beams=num_beams, exclude=exclude, allow=allow, batch_size=batch_size, progress=progress
+        )
         return [Recommendation.rows(self.catalog, row) for row in ranked]
 
     def close(self) -> None:

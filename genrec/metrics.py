@@ -93,8 +93,9 @@ def coverage(ranked: Sequence[Sequence[int | None]], n_items: int, k: int) -> fl
     return float(len(np.unique(valid)) / n_items)
 
 
-def evaluate_rankings(ranked: Sequence[Sequence[int | None]], targets: Sequence[int], n_items: int,
-                      ks: Sequence[int] = (5, 10)) -> dict[str, float]:
+def evaluate_rankings(
+    ranked: Sequence[Sequence[int | None]], targets: Sequence[int], n_items: int, ks: Sequence[int] = (5, 10)
+) -> dict[str, float]:
     """All metrics of one set of rankings.
 
     Returns a dict with ``recall@K`` and ``ndcg@K`` for each K in ``ks``, ``mrr`` (over

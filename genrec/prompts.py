@@ -27,8 +27,6 @@ from genrec.tokenization.catalog import Catalog
 # short on purpose: every prompt token is paid for in every training step and every beam
 SYSTEM_PROMPT = "You recommend items by their IDs."
 TASKS = ("next_item", "text_to_id", "id_to_text", "conversational")
-#: How next_item examples are cut from a training sequence (see training_examples).
-NEXT_ITEM_EXAMPLES = ("prefixes", "windows")
 IGNORE_INDEX = -100
 
 #: A conversational request names at most this many liked titles (training and evaluation).
@@ -89,6 +87,7 @@ class PromptFormatter:
     _eot: list[int] = field(default_factory=list, repr=False)
     _codes: frozenset[int] | None = field(default=None, repr=False)
     _item_suffix: list[str] = field(default_factory=list, repr=False)
+    _template: tuple[list[int], list[int]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # the end-of-turn token the template closes an assistant message with
@@ -117,16 +116,63 @@ class PromptFormatter:
 
     def prompt_ids(self, user_text: str) -> list[int]:
         """Token ids of a prompt that ends where the assistant's answer starts."""
+        template = self._template_ids()
+        if template:
+            before, after = template
+            return before + self._encode(user_text) + after
+        return self._render(user_text)
+
+    def _render(self, user_text: str) -> list[int]:
+        """The prompt through the chat template itself (the definition :meth:`prompt_ids` follows)."""
         if getattr(self.tokenizer, "chat_template", None):
-            out = self.tokenizer.apply_chat_template(self._messages(user_text), tokenize=True,
-                                                     add_generation_prompt=True)
+            out = self.tokenizer.apply_chat_template(
+                self._messages(user_text), tokenize=True, add_generation_prompt=True
+            )
             if isinstance(out, dict) or hasattr(out, "keys"):
                 out = out["input_ids"]
             return list(out)
-        return self.tokenizer(f"{SYSTEM_PROMPT}\n{user_text}\nAnswer:", add_special_tokens=False)["input_ids"]
+        return self._encode(f"{SYSTEM_PROMPT}\n{user_text}\nAnswer:")
+
+    def _encode(self, text: str) -> list[int]:
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            # the Rust tokenizer itself: the same ids as tokenizer(text) without its per-call overhead
+            return backend.encode(text, add_special_tokens=False).ids
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    #: user texts whose rendering must equal the chat template's before the split template is used
+    _PROBES = (
+        "History: <a_1><b_2><c_3><d_0>, <a_4><b_5><c_6><d_1>. Next item?",
+        "I liked A and B. Any idea?",
+        "Which item is this: x",
+        " leading space",
+        "",
+    )
+
+    def _template_ids(self) -> tuple[list[int], list[int]] | None:
+        """The chat template's token ids before and after the user text, when splitting there is exact.
+
+        Rendering the Jinja template costs more than tokenizing the text, and every training
+        example and request renders one prompt; with the template tokenized once, only the user
+        text is. The split is used only if it gives the template's own ids for the probes (it
+        does when the template puts special tokens or a newline around the user text).
+        """
+        if self._template is None:
+            self._template = ([], [])
+            if getattr(self.tokenizer, "chat_template", None):
+                sentinel = "\u2063genrec\u2063"
+                text = self.tokenizer.apply_chat_template(
+                    self._messages(sentinel), tokenize=False, add_generation_prompt=True
+                )
+                if text.count(sentinel) == 1:
+                    before, after = text.split(sentinel)
+                    parts = (self._encode(before), self._encode(after))
+                    if all(parts[0] + self._encode(p) + parts[1] == self._render(p) for p in self._PROBES):
+                        self._template = parts
+        return self._template if self._template[0] else None
 
     def _answer_ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] + self._eot
+        return self._encode(text) + self._eot
 
     def _example(self, user_text: str, answer: str, task: str, target: int = -1) -> Example:
         prompt = self.prompt_ids(user_text)
@@ -134,7 +180,7 @@ class PromptFormatter:
         return Example(prompt + answer_ids, [IGNORE_INDEX] * len(prompt) + answer_ids, task, target)
 
     def history_text(self, history: Sequence[int]) -> str:
-        recent = list(history)[-self.max_history:]
+        recent = list(history)[-self.max_history :]
         if self.item_tokens:
             shown = [self.catalog.sid(i) + self._item_suffix[i] for i in recent]
         else:
@@ -154,7 +200,7 @@ class PromptFormatter:
     def next_item(self, history: Sequence[int], target: int, history_labels: bool = False) -> Example:
         """History -> the target's ID; ``history_labels`` also labels the history's own IDs."""
         ex = self._example(self.next_item_text(history), self.catalog.sid(target), "next_item", target)
-        ex.items = list(history)[-self.max_history:] + [target]
+        ex.items = list(history)[-self.max_history :] + [target]
         if history_labels:
             prompt_len = next(i for i, t in enumerate(ex.labels) if t != IGNORE_INDEX)
             ex.history_labels = self._history_id_labels(ex.input_ids, prompt_len)
@@ -192,8 +238,9 @@ class PromptFormatter:
     def id_to_text(self, item: int) -> Example:
         return self._example(f"What is item {self.catalog.sid(item)}?", self.catalog.titles[item], "id_to_text")
 
-    def conversation_text(self, liked_titles: Sequence[str], wish: str | None = None,
-                          rng: random.Random | None = None) -> str:
+    def conversation_text(
+        self, liked_titles: Sequence[str], wish: str | None = None, rng: random.Random | None = None
+    ) -> str:
         """A natural-language request from liked titles and an optional wish."""
         rng = rng or random.Random(0)
         titles = [t for t in liked_titles if t]
@@ -209,77 +256,12 @@ class PromptFormatter:
 
     def conversational(self, history: Sequence[int], target: int, rng: random.Random) -> Example:
         """A request built from 1-5 recent history titles (and the target's category, at times)."""
-        recent = list(history)[-self.max_history:]
+        recent = list(history)[-self.max_history :]
         n = min(len(recent), rng.randint(1, CONVERSATION_ITEMS))
         liked = [self.catalog.titles[i] for i in recent[-n:]]
         wish = None
         if self.categories is not None and rng.random() < 0.5 and self.categories[target]:
             wish = self.categories[target]
-        return self._example(self.conversation_text(liked, wish, rng), self.catalog.sid(target),
-                             "conversational", target)
-
-
-def training_examples(fmt: PromptFormatter, train_sequences: Sequence[Sequence[int]],
-                      weights: dict[str, float], seed: int = 0, min_history: int = 1,
-                      next_item_examples: str = "prefixes", history_labels: bool = False) -> list[Example]:
-    """All training examples for one epoch, before shuffling.
-
-    ``next_item`` examples come from the training sequences only (the validation
-    and test targets, the last two items of each user, never appear), cut in one of
-    two ways:
-
-    * ``prefixes``: every prefix (history -> following item), so each transition is
-      an answer once; a user with n training items gives n - 1 examples.
-    * ``windows``: one example per ``max_history`` items, ending at the user's last
-      training item (history = the window before it). Meant for ``history_labels``,
-      which labels the ID tokens inside the history too, so one forward pass trains
-      every transition of the window, as SASRec does: ~6x fewer, slightly longer
-      examples per epoch on Beauty for the same transitions.
-
-    ``conversational`` samples that many per prefix (weight 0.25 -> a quarter as
-    many); the text tasks cover each catalog item ``weight`` times (fractions
-    sample a subset).
-    """
-    unknown = set(weights) - set(TASKS)
-    if unknown:
-        raise ValueError(f"unknown task(s) {sorted(unknown)}; tasks are {TASKS}")
-    rng = random.Random(seed)
-    out: list[Example] = []
-    pairs = next_item_pairs(train_sequences, "prefixes", fmt.max_history, min_history)
-    answers = pairs if next_item_examples == "prefixes" else next_item_pairs(
-        train_sequences, next_item_examples, fmt.max_history, min_history)
-    w = weights.get("next_item", 1.0)
-    for hist, target in _sample(answers, w, rng):
-        out.append(fmt.next_item(hist, target, history_labels=history_labels))
-    for hist, target in _sample(pairs, weights.get("conversational", 0.0), rng):
-        out.append(fmt.conversational(hist, target, rng))
-    items = list(range(len(fmt.catalog)))
-    for item in _sample(items, weights.get("text_to_id", 0.0), rng):
-        out.append(fmt.text_to_id(item))
-    for item in _sample(items, weights.get("id_to_text", 0.0), rng):
-        out.append(fmt.id_to_text(item))
-    return out
-
-
-def next_item_pairs(train_sequences: Sequence[Sequence[int]], how: str = "prefixes", span: int = 20,
-                    min_history: int = 1) -> list[tuple[Sequence[int], int]]:
-    """(history, target) pairs cut from training sequences (see training_examples).
-
-    ``prefixes``: every prefix and the item after it. ``windows``: one pair per
-    ``span`` items, the last one ending at the sequence's last item.
-    """
-    if how not in NEXT_ITEM_EXAMPLES:
-        raise ValueError(f"unknown next_item_examples {how!r}; use one of {NEXT_ITEM_EXAMPLES}")
-    if how == "windows":
-        return [(seq[max(0, t - span):t], seq[t]) for seq in train_sequences
-                for t in range(len(seq) - 1, min_history - 1, -span)]
-    return [(seq[:t], seq[t]) for seq in train_sequences for t in range(min_history, len(seq))]
-
-
-def _sample(pool: list, weight: float, rng: random.Random) -> list:
-    """``weight`` copies of ``pool``: whole copies, then a random fraction."""
-    whole, frac = int(weight), weight - int(weight)
-    out = pool * whole
-    if frac > 0 and pool:
-        out += rng.sample(pool, int(round(frac * len(pool))))
-    return out
+        return self._example(
+            self.conversation_text(liked, wish, rng), self.catalog.sid(target), "conversational", target
+        )

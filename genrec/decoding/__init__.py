@@ -1,0 +1,1 @@
+"""Decoding: trie-constrained beam search (HF and vLLM backends) and chat resolution."""

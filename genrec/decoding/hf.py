@@ -1,0 +1,112 @@
+"""The generative recommender on the HF backend: exported model + trie-constrained beam search.
+
+Used by training-time validation, `genrec recommend`, `genrec evaluate` and the demo. It
+batches users, left-pads their prompts and runs the constrained beam search, so every
+returned item exists in the catalog.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from genrec.decoding.beam_search import constrained_beam_search, left_pad
+from genrec.errors import InputError
+from genrec.exported import ExportedModel
+from genrec.prompts import PromptFormatter
+from genrec.recommender import Recommendation
+from genrec.tokenization.catalog import Catalog
+from genrec.tokenization.trie import ItemTrie
+
+
+class GenerativeRecommender:
+    """Ranks catalog items for users with a fine-tuned causal LM (a :class:`~genrec.recommender.Recommender`).
+
+    Args:
+        model: the causal LM (its vocabulary holds the code tokens).
+        formatter: the prompt format bound to the model's tokenizer and the catalog.
+        trie: the item trie over the catalog's token ids (built from them when None).
+    """
+
+    def __init__(self, model, formatter: PromptFormatter, trie: ItemTrie | None = None):
+        self.model = model
+        self.formatter = formatter
+        self.catalog: Catalog = formatter.catalog
+        tok = formatter.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.trie = trie or ItemTrie(self.catalog.token_ids(tok), vocab_size=len(tok))
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> "GenerativeRecommender":
+        """Load an exported model folder (RUN/model)."""
+        exported = ExportedModel.load(folder, dtype=dtype)
+        return cls(exported.model, exported.formatter, exported.trie)
+
+    def recommend(
+        self,
+        histories: Sequence[Sequence[int]],
+        k: int = 10,
+        *,
+        exclude: Sequence[Iterable[int]] | None = None,
+        allow: Sequence[Iterable[int]] | None = None,
+        progress: bool = False,
+        num_beams: int = 20,
+        batch_size: int = 16,
+        prompts: Sequence[Sequence[int]] | None = None,
+    ) -> list[list[Recommendation]]:
+        """Top-``k`` items for each history (catalog rows), best first.
+
+        Args:
+            histories: per user, catalog rows in time order.
+            k: items per user (at most ``num_beams``).
+            exclude: per user, catalog rows never to return (e.g. the history itself).
+            allow: per user, the only catalog rows that may be returned.
+            num_beams: beam width.
+            batch_size: users decoded together.
+            prompts: ready prompt token ids instead of history prompts (e.g. conversational).
+        """
+        if k > num_beams:
+            raise InputError(
+                f"k={k} is larger than the beam width {num_beams} (the catalog holds {len(self.catalog)} items)",
+                "raise num_beams or lower k",
+            )
+        n = len(prompts) if prompts is not None else len(histories)
+        out: list[list[Recommendation]] = []
+        bar = tqdm(total=n, desc="recommending", unit="user", disable=not progress)
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            batch_prompts = (
+                list(prompts[start:stop])
+                if prompts is not None
+                else [self.formatter.next_item_prompt(h) for h in histories[start:stop]]
+            )
+            ids, mask = left_pad(batch_prompts, self.pad_id)
+            ranked = constrained_beam_search(
+                self.model,
+                ids,
+                mask,
+                self.trie,
+                num_beams=num_beams,
+                top_k=k,
+                exclusion=self._exclusion(exclude, allow, start, stop),
+            )
+            out.extend(Recommendation.rows(self.catalog, row) for row in ranked)
+            bar.update(stop - start)
+        bar.close()
+        return out
+
+    def _exclusion(self, exclude, allow, start: int, stop: int):
+        """The trie exclusion of rows start..stop: their excluded rows plus everything outside their allow-list."""
+        if exclude is None and allow is None:
+            return None
+        everything = set(range(len(self.catalog))) if allow is not None else set()
+        rows = []
+        for u in range(start, stop):
+            banned = set(exclude[u]) if exclude is not None and exclude[u] is not None else set()
+            if allow is not None and allow[u] is not None:
+                banned |= everything - set(allow[u])
+            rows.append(sorted(banned))
+        return self.trie.exclusion(rows)

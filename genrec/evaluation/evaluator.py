@@ -1,0 +1,145 @@
+"""One evaluator for every recommender: full ranking over the catalog on a leave-last-out split.
+
+:class:`Evaluator` scores anything that implements :class:`genrec.recommender.Recommender`
+(the generative model on either backend, SASRec, popularity) on the same users with the same
+metrics code, under either protocol: seen items kept (TIGER's, what most generative papers
+report) or seen items excluded (what products do). Every result records what it was measured
+on: split, users, user sample and its seed, protocol, commit.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from genrec.data import SPLITS, PreparedDataset
+from genrec.errors import InputError
+from genrec.io import atomic_open, atomic_write_json
+from genrec.metrics import evaluate_rankings
+from genrec.recommender import Recommendation, Recommender, ranked_indices
+from genrec.runs import git_commit
+
+
+def protocol_name(exclude_seen: bool) -> str:
+    """How a result names its protocol in tables."""
+    return "seen items excluded" if exclude_seen else "seen items kept"
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one recommender on one user set, and what they were measured on."""
+
+    metrics: dict[str, float]
+    users: list[str]
+    rankings: list[list[Recommendation]] = field(repr=False)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.info, **self.metrics}
+
+
+class Evaluator:
+    """Scores recommenders on a split of a prepared dataset.
+
+    Args:
+        dataset: the prepared data (its item rows are the catalog rows).
+        split: ``valid`` or ``test``.
+        max_users: score at most this many users (0: all), sampled with ``seed``.
+        seed: the user-sample seed (the same users for every model evaluated with it).
+        exclude_seen: the seen-excluded protocol: a user's history is never recommended.
+        k: the largest cut-off; metrics at 5, 10 and 20 up to ``k``.
+    """
+
+    def __init__(
+        self,
+        dataset: PreparedDataset,
+        split: str = "test",
+        max_users: int = 0,
+        seed: int = 0,
+        exclude_seen: bool = False,
+        k: int = 10,
+    ):
+        if split not in SPLITS:
+            raise InputError(f"unknown split {split!r}", f"use one of {', '.join(SPLITS)}")
+        if k < 1:
+            raise InputError(f"k={k} must be at least 1", "use k=10 for the usual metrics")
+        self.dataset, self.split, self.k = dataset, split, k
+        self.max_users, self.seed, self.exclude_seen = max_users, seed, exclude_seen
+        self.users, self.histories, self.targets = dataset.split_rows(split, max_users, seed)
+        self.ks = tuple(x for x in (5, 10, 20) if x <= k) or (k,)
+
+    def evaluate(self, recommender: Recommender, progress: bool = False, **recommend_kwargs: Any) -> EvalResult:
+        """Recommend for every user and score it; ``recommend_kwargs`` go to ``recommend`` (e.g. num_beams)."""
+        exclude = self.histories if self.exclude_seen else None
+        t0 = time.perf_counter()
+        ranked = recommender.recommend(self.histories, k=self.k, exclude=exclude, progress=progress, **recommend_kwargs)
+        seconds = time.perf_counter() - t0
+        metrics = evaluate_rankings(ranked_indices(ranked), self.targets, self.dataset.n_items, ks=self.ks)
+        metrics["seconds_per_user"] = seconds / max(1, len(self.users))
+        info = {
+            "split": self.split,
+            "users": len(self.users),
+            "max_users": self.max_users,
+            "user_sample_seed": self.seed,
+            "k": self.k,
+            "exclude_seen": self.exclude_seen,
+            "protocol": protocol_name(self.exclude_seen),
+            "commit": git_commit(),
+        }
+        return EvalResult(metrics, self.users, ranked, info)
+
+
+def write_recommendations(path: Path, result: EvalResult) -> None:
+    """One JSON line per user: ``{"user_id", "items": [{item_id, sid, title, score}, ...]}``."""
+    with atomic_open(path) as f:
+        for u, row in zip(result.users, result.rankings):
+            f.write(json.dumps({"user_id": u, "items": [r.to_dict() for r in row]}) + "\n")
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    split: str = "test",
+    k: int = 10,
+    num_beams: int = 20,
+    batch_size: int = 16,
+    max_users: int = 0,
+    seed: int = 0,
+    bf16: bool = True,
+    exclude_seen: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Metrics of RUN/model and of the popularity baseline on ``split``; written to RUN/eval/SPLIT.json.
+
+    With ``exclude_seen`` the files are ``SPLIT_xseen.json`` (both protocols can sit side by side).
+    """
+    from genrec.decoding.hf import GenerativeRecommender
+    from genrec.models.popularity import PopularityRecommender
+    from genrec.precision import autocast, use_bf16
+
+    run = Path(run_dir)
+    bf16 = use_bf16(bf16)  # what the result records is what ran
+    dataset = PreparedDataset.load(run / "data")
+    evaluator = Evaluator(dataset, split, max_users, seed, exclude_seen, k)
+    rec = GenerativeRecommender.from_folder(run / "model")
+    with autocast(bf16):
+        model = evaluator.evaluate(rec, progress=progress, num_beams=num_beams, batch_size=batch_size)
+    pop = evaluator.evaluate(PopularityRecommender(rec.catalog).fit(dataset.train_rows(), dataset.n_items))
+    pop.metrics.pop("seconds_per_user", None)
+    result = {**model.info, "num_beams": num_beams, "bf16": bf16, "genrec": model.metrics, "popularity": pop.metrics}
+    out = run / "eval"
+    name = split + ("_xseen" if exclude_seen else "")
+    atomic_write_json(out / f"{name}.json", result)
+    write_recommendations(out / f"{name}_recommendations.jsonl", model)
+    return result
+
+
+def format_table(result: dict) -> str:
+    """Markdown table of the model against popularity."""
+    keys = [k for k in result["genrec"] if "@" in k or k in ("mrr", "invalid_rate")]
+    lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name in ("genrec", "popularity"):
+        lines.append(f"| {name} | " + " | ".join(f"{result[name][k]:.4f}" for k in keys) + " |")
+    return "\n".join(lines)

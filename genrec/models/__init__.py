@@ -1,0 +1,1 @@
+"""Models that are not the generative LM: SASRec, popularity, and the base LMs genrec fine-tunes."""
