@@ -1,1 +1,1 @@
-"""Serving: constrained decoding over the item trie and the Recommender built on it."""
+"""Serving: the OpenAI-compatible HTTP server over a vLLM (or HF) engine."""

@@ -1,29 +1,72 @@
-"""The serving engine: a vLLM ``AsyncLLM`` plus the catalog and trie it may emit, hot-swappable.
+"""Serving engines: a model plus the catalog and trie it may emit, hot-swappable.
 
-Front ends (``genrec.serving.server``) turn HTTP requests into prompts and call
-:meth:`RecommendationEngine.rank`; this module owns the model, the current catalog
-version and the async beam search. Every catalog version gets its own trie folder
-(``STATE/trie-vN``); requests name the folder and version they were planned against,
-so a reload never changes the items of a request in flight, and the engine process
-(where :class:`TrieLogitsProcessor` runs) loads the new trie on the first request
-that names it.
+Front ends (:mod:`genrec.serving.handlers`) turn HTTP requests into prompts and call
+``engine.rank``; they see only the :class:`RankingEngine` interface, so the same routes
+run on either engine:
+
+* :class:`RecommendationEngine`: a vLLM ``AsyncLLM`` driven by :class:`ItemBeamSearch`
+  (``genrec serve``, the default);
+* :class:`HFEngine`: the exported HF model and :func:`constrained_beam_search`, run in a
+  worker thread (``genrec serve --backend hf``, and in-process tests): no vLLM needed.
+
+Both keep the catalog in :class:`CatalogVersion` snapshots (:class:`VersionedCatalog`).
+Requests name the version they were planned against, so a reload never changes the
+items of a request in flight. The vLLM engine also writes every version's trie to its
+own folder (``STATE/trie-vN``), which the engine process (where
+:class:`TrieLogitsProcessor` runs) loads on the first request that names it. Version numbers
+are persisted in the state folder (``STATE/catalog_version.json``), so a restarted server
+never gives a different catalog a number it already used.
+
+An engine is in one :data:`EngineState`: ``starting`` while its weights load (the server is
+already listening), ``ready``, ``dead`` when its process died or it failed to start, and
+``stopped`` after :meth:`shutdown`. :class:`EngineSupervisor` starts it in the background
+and reports its death, after which the server answers 503 and exits for a supervisor to
+restart it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import shutil
 import threading
 import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from genrec.errors import GenrecError
-from genrec.serving.conversation import TitleIndex, title_year
-from genrec.serving.vllm_backend import EngineSettings, ItemBeamSearch, check_exported_model, top_logprobs
+from genrec.config import EngineConfig
+from genrec.decoding.conversation import TitleIndex, title_year
+from genrec.errors import NotReadyError
+from genrec.exported import ExportedModel, read_settings
+from genrec.io import atomic_write_json
+from genrec.prompts import PromptFormatter
 from genrec.tokenization.catalog import Catalog
 from genrec.tokenization.trie import ItemTrie
+
+if TYPE_CHECKING:  # vLLM is optional: only the vLLM engine imports it, when it runs
+    from genrec.decoding.vllm_backend import ItemBeamSearch
+
+log = logging.getLogger(__name__)
+
+#: (catalog row, sum of the ID tokens' log-probabilities), best first.
+Ranking = list[tuple[int, float]]
+
+#: What /health reports; only ``ready`` answers 200.
+EngineState = Literal["starting", "ready", "dead", "stopped"]
+
+#: The file in an engine's state folder that holds the last catalog version number used.
+VERSION_FILE = "catalog_version.json"
+
+#: Seconds between checks of vLLM's dead flag while a request waits on the engine.
+DEATH_POLL_S = 0.5
+
+
+class EngineDeadError(NotReadyError):
+    """The engine died: this server cannot rank any more (HTTP 503; the server then exits)."""
 
 
 @dataclass(frozen=True)
@@ -33,97 +76,450 @@ class CatalogVersion:
     version: int
     catalog: Catalog
     trie: ItemTrie
-    trie_dir: Path
     titles: TitleIndex
     years: list[int | None]
-    formatter: object  # PromptFormatter bound to this catalog
+    formatter: PromptFormatter  # bound to this catalog
+    trie_dir: Path | None = None  # where an engine process reads this version's trie (vLLM only)
 
 
-class RecommendationEngine:
-    """Ranks items for prompts on an ``AsyncLLM``, with a reloadable catalog.
+@runtime_checkable
+class RankingEngine(Protocol):
+    """What the HTTP front end needs from an engine.
+
+    Attributes:
+        current: the catalog version new requests are planned against.
+        tokenizer: the exported model's HF tokenizer (raw chat-templated prompts).
+        settings: limits the front end checks requests against (``max_beams``, context length).
+        model_dir: the exported model folder.
+    """
+
+    current: CatalogVersion
+    tokenizer: Any
+    settings: EngineConfig
+    model_dir: Path
+
+    @property
+    def ready(self) -> bool:
+        """Whether :meth:`rank` can answer now."""
+
+    @property
+    def state(self) -> EngineState:
+        """starting, ready, dead or stopped."""
+
+    @property
+    def failure(self) -> str | None:
+        """Why the engine is dead (a sentence fit for clients), or None."""
+
+    def start(self) -> None:
+        """Load the model (blocking: minutes for vLLM); the supervisor runs it in a thread."""
+
+    def shutdown(self) -> None:
+        """Stop the engine and its processes; a start still under way stops when it ends."""
+
+    def mark_dead(self, reason: str) -> None:
+        """Record that the engine cannot rank any more (the first reason is kept)."""
+
+    def check_alive(self) -> None:
+        """Notice a death no request has run into yet (polled by :class:`EngineSupervisor`)."""
+
+    def require_ready(self) -> None:
+        """Raise the 503 error that fits the state unless the engine is ready."""
+
+    def reload_catalog(self) -> CatalogVersion: ...
+
+    async def rank(
+        self,
+        prompt: list[int],
+        k: int,
+        num_beams: int,
+        exclude: Iterable[int] | None = None,
+        allow: Iterable[int] | None = None,
+        version: CatalogVersion | None = None,
+    ) -> tuple[CatalogVersion, Ranking]: ...
+
+
+class VersionedCatalog:
+    """The catalog half of an engine, and its life cycle: numbered catalog versions, state.
 
     Args:
         model_dir: exported model folder (RUN/model): weights, tokenizer, catalog, trie.
-        state_dir: where catalog versions' tries are written (must be writable).
-        settings: vLLM engine settings.
+        settings: engine settings.
+        state_dir: where the last version number is kept (RUN/serve); None keeps it in memory
+            only, so versions restart at 0 with the process.
     """
 
-    def __init__(self, model_dir: str | Path, state_dir: str | Path, settings: EngineSettings | None = None):
-        from transformers import AutoTokenizer
-
+    def __init__(
+        self, model_dir: str | Path, settings: EngineConfig | None = None, state_dir: str | Path | None = None
+    ):
         self.model_dir = Path(model_dir).resolve()
-        self.prompt_settings = check_exported_model(self.model_dir)
-        self.settings = settings or EngineSettings()
-        self.state_dir = Path(state_dir).resolve()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self._lock = threading.Lock()
-        self._next_version = 0
+        self.prompt_settings = read_settings(self.model_dir)
+        self.settings = settings or EngineConfig()
+        self.state_dir = None if state_dir is None else Path(state_dir).resolve()
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.tokenizer = None  # set by the first catalog load
+        self._number_lock = threading.Lock()
+        # one reload at a time, so `current` only ever moves to a newer version
+        self._reload_lock = threading.Lock()
+        # start() runs in a worker thread: shutdown() must see whether it has finished
+        self._life_lock = threading.Lock()
+        self._failure: str | None = None
+        self._stopped = False
+        self._next_version = self._last_version() + 1
         self.current = self._load_catalog()
-        self.llm = None
 
-    # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the vLLM engine (spawns the engine-core process; takes ~15-40 s on CPU)."""
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
+    # -- life cycle ----------------------------------------------------------------------------
+    def _started(self) -> bool:
+        """Whether the model is loaded (each engine knows what that means)."""
+        return False
 
-        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.settings.engine_kwargs(self.model_dir)))
+    @property
+    def state(self) -> EngineState:
+        if self._failure is not None:
+            return "dead"
+        if self._stopped:
+            return "stopped"
+        return "ready" if self._started() else "starting"
 
-    def shutdown(self) -> None:
-        if self.llm is not None:
-            self.llm.shutdown()
-            self.llm = None
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
 
-    # -- catalog -----------------------------------------------------------------------------
-    def _load_catalog(self) -> CatalogVersion:
-        from genrec.training.prompts import PromptFormatter
+    @property
+    def failure(self) -> str | None:
+        return self._failure
 
-        catalog = Catalog.load(self.model_dir)
-        trie = ItemTrie(catalog.token_ids(self.tokenizer), vocab_size=len(self.tokenizer))
-        with self._lock:
+    def mark_dead(self, reason: str) -> None:
+        with self._life_lock:
+            first = self._failure is None
+            self._failure = self._failure or reason
+        if first:
+            log.error("engine dead: %s", reason)
+
+    def check_alive(self) -> None:
+        """In-process engines only die through :meth:`mark_dead`: nothing to poll."""
+
+    def require_ready(self) -> None:
+        self.check_alive()  # a death the supervisor has not polled yet still answers 503
+        state = self.state
+        if state == "dead":
+            raise EngineDeadError(f"the engine is dead: {self._failure}", "this server is exiting; retry elsewhere")
+        if state != "ready":
+            raise NotReadyError(f"the engine is {state}", "retry when GET /health answers 200")
+
+    # -- catalog versions ----------------------------------------------------------------------
+    def _last_version(self) -> int:
+        """The last version number a server on this state folder used (-1: none)."""
+        path = None if self.state_dir is None else self.state_dir / VERSION_FILE
+        if path is None or not path.is_file():
+            return -1
+        try:
+            return int(json.loads(path.read_text())["last_version"])
+        except (ValueError, KeyError, TypeError) as exc:
+            # an unreadable counter must not stop the server, but numbers may then repeat: say so
+            log.warning("%s is unreadable (%s); catalog versions restart at 0", path, exc)
+            return -1
+
+    def _new_version_number(self) -> int:
+        with self._number_lock:
             version = self._next_version
             self._next_version += 1
-        trie_dir = self.state_dir / f"trie-v{version}"
-        trie_dir.mkdir(parents=True, exist_ok=True)
-        trie.save(trie_dir)
-        formatter = PromptFormatter.from_settings(self.tokenizer, catalog, self.prompt_settings)
-        return CatalogVersion(version, catalog, trie, trie_dir, TitleIndex(catalog),
-                              [title_year(t) for t in catalog.titles], formatter)
+            if self.state_dir is not None:
+                # written before the version is served: a crash right after cannot reuse it
+                atomic_write_json(self.state_dir / VERSION_FILE, {"last_version": version})
+        return version
+
+    def _load_catalog(self) -> CatalogVersion:
+        exported = ExportedModel.load(self.model_dir, with_model=False)
+        self.tokenizer = self.tokenizer or exported.tokenizer
+        catalog, trie = exported.catalog, exported.trie
+        version = self._new_version_number()
+        return CatalogVersion(
+            version,
+            catalog,
+            trie,
+            TitleIndex(catalog),
+            [title_year(t) for t in catalog.titles],
+            exported.formatter,
+            self._publish_trie(version, trie),
+        )
+
+    def _publish_trie(self, version: int, trie: ItemTrie) -> Path | None:
+        """Make a new version's trie visible to the decoder; the folder it is in, if any."""
+        return None
+
+    def _retire(self, old: CatalogVersion, new: CatalogVersion) -> None:
+        """Free what only versions older than ``old`` used (``old`` may still be decoding)."""
 
     def reload_catalog(self) -> CatalogVersion:
         """Re-read RUN/model's catalog (after `genrec items add/remove`) and serve it from now on."""
-        new = self._load_catalog()
-        old, self.current = self.current, new
-        # keep the previous version's trie for requests still decoding against it
+        with self._reload_lock:
+            new = self._load_catalog()
+            old, self.current = self.current, new
+            self._retire(old, new)
+        return new
+
+
+class RecommendationEngine(VersionedCatalog):
+    """Ranks items for prompts on a vLLM ``AsyncLLM``, with a reloadable catalog.
+
+    Args:
+        model_dir: exported model folder (RUN/model).
+        state_dir: where catalog versions' tries and the last version number are written
+            (must be writable).
+        settings: vLLM engine settings.
+    """
+
+    def __init__(self, model_dir: str | Path, state_dir: str | Path, settings: EngineConfig | None = None):
+        self.llm = None
+        # tries an earlier server left: no engine process reads them, and numbers never repeat
+        for stale in Path(state_dir).glob("trie-v*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        super().__init__(model_dir, settings, state_dir)
+
+    def _started(self) -> bool:
+        return self.llm is not None
+
+    def start(self) -> None:
+        """Start the vLLM engine (spawns the engine-core process; takes ~15-170 s on CPU).
+
+        Runs in a worker thread (see :class:`EngineSupervisor`): ``AsyncLLM`` attaches to the
+        event loop on its first request.
+        """
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from genrec.decoding.vllm_backend import engine_kwargs
+
+        llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(self.settings, self.model_dir)))
+        with self._life_lock:
+            if not self._stopped:
+                self.llm = llm
+                return
+        llm.shutdown()  # the server stopped while the engine was starting
+
+    def shutdown(self) -> None:
+        """Stop the engine-core process (and its workers); safe to call more than once."""
+        with self._life_lock:
+            self._stopped = True
+            llm, self.llm = self.llm, None
+        if llm is not None:
+            llm.shutdown()
+            # AsyncLLM.__del__ shuts down once more, at interpreter exit when vLLM's module globals
+            # are already gone (a TypeError traceback on every exit): it is stopped, so make that a no-op
+            llm.shutdown = lambda *args, **kwargs: None
+
+    def check_alive(self) -> None:
+        llm = self.llm
+        # vLLM's own monitor thread flags a dead engine-core process; `errored` reads that flag
+        if llm is not None and llm.errored:
+            self.mark_dead("the vLLM engine process died")
+
+    def _publish_trie(self, version: int, trie: ItemTrie) -> Path:
+        trie_dir = self.state_dir / f"trie-v{version}"
+        trie_dir.mkdir(parents=True, exist_ok=True)
+        trie.save(trie_dir)
+        return trie_dir
+
+    def _retire(self, old: CatalogVersion, new: CatalogVersion) -> None:
         for folder in self.state_dir.glob("trie-v*"):
             if folder not in (new.trie_dir, old.trie_dir):
                 shutil.rmtree(folder, ignore_errors=True)
-        return new
 
-    # -- ranking -----------------------------------------------------------------------------
-    async def _top_logprobs(self, prompt: list[int], prefix: Sequence[int], search: ItemBeamSearch) -> dict[int, float]:
+    async def _top_logprobs(
+        self, llm: Any, prompt: list[int], prefix: Sequence[int], search: ItemBeamSearch
+    ) -> dict[int, float]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=search.logprobs,
-                                extra_args=search.xargs(prefix), detokenize=False)
+        from genrec.decoding.vllm_backend import top_logprobs
+
+        params = SamplingParams(
+            max_tokens=1, temperature=0.0, logprobs=search.logprobs, extra_args=search.xargs(prefix), detokenize=False
+        )
         final = None
-        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=prompt + list(prefix)), params,
-                                           request_id=uuid.uuid4().hex):
+        async for out in llm.generate(
+            TokensPrompt(prompt_token_ids=prompt + list(prefix)), params, request_id=uuid.uuid4().hex
+        ):
             final = out
         return top_logprobs(final.outputs[0])
 
-    async def rank(self, prompt: list[int], k: int, num_beams: int, exclude: Iterable[int] | None = None,
-                   allow: Iterable[int] | None = None,
-                   version: CatalogVersion | None = None) -> tuple[CatalogVersion, list[tuple[int, float]]]:
+    async def _unless_dead(self, llm: Any, step: asyncio.Future) -> Any:
+        """``await step``, unless the engine dies first.
+
+        Calls in flight when the engine-core process dies wait forever (vLLM never fails their
+        futures), so the step is raced against vLLM's dead flag.
+        """
+        from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDead
+
+        try:
+            while True:
+                done, _ = await asyncio.wait({step}, timeout=DEATH_POLL_S)
+                if done:
+                    return step.result()
+                if llm.errored:
+                    raise VllmEngineDead()
+        finally:
+            if not step.done():
+                step.cancel()
+                # its CancelledError is expected: retrieved, so asyncio does not log it as lost
+                step.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def rank(
+        self,
+        prompt: list[int],
+        k: int,
+        num_beams: int,
+        exclude: Iterable[int] | None = None,
+        allow: Iterable[int] | None = None,
+        version: CatalogVersion | None = None,
+    ) -> tuple[CatalogVersion, Ranking]:
         """Top-``k`` (catalog row, score) for one prompt, and the catalog version the rows refer to."""
-        if self.llm is None:
-            raise GenrecError("the engine is not started", "call RecommendationEngine.start() first")
-        v = version or self.current
-        search = ItemBeamSearch(v.trie, num_beams, k, exclude=exclude, allow=allow,
-                                base_xargs={"trie": str(v.trie_dir), "version": v.version})
-        while not search.done:
-            tops = await asyncio.gather(*[self._top_logprobs(prompt, p, search) for p in search.requests()])
-            search.advance(tops)
+        from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDead
+
+        from genrec.decoding.vllm_backend import ItemBeamSearch
+
+        self.require_ready()
+        llm, v = self.llm, version or self.current
+        if llm is None:  # stopped since the check
+            raise NotReadyError("the engine is stopped", "the server is shutting down; retry elsewhere")
+        search = ItemBeamSearch(
+            v.trie,
+            num_beams,
+            k,
+            exclude=exclude,
+            allow=allow,
+            base_xargs={"trie": str(v.trie_dir), "version": v.version},
+        )
+        try:
+            while not search.done:
+                step = asyncio.gather(*[self._top_logprobs(llm, prompt, p, search) for p in search.requests()])
+                search.advance(await self._unless_dead(llm, step))
+        except VllmEngineDead as exc:
+            # a dead engine is "not ready" for the client (503: retry elsewhere/later), not a bad request
+            self.mark_dead("the vLLM engine process died")
+            raise EngineDeadError("the vLLM engine process died", "this server is exiting; retry elsewhere") from exc
         return v, search.ranking()
+
+
+class HFEngine(VersionedCatalog):
+    """Ranks items on the exported HF model, exactly as :class:`GenerativeRecommender` does.
+
+    Decoding runs on a thread of its own, so the event loop keeps answering (health, errors)
+    meanwhile; one search at a time, since concurrent ones would only split the same cores
+    and hold more KV caches, and searches waiting their turn hold no thread that planning
+    other requests needs.
+
+    Args:
+        model_dir: exported model folder (RUN/model).
+        settings: ``dtype`` picks the weights' precision (float32 ranks like `genrec recommend`);
+            ``max_beams`` and ``max_model_len`` bound requests as on vLLM.
+        state_dir: where the last catalog version number is kept (None: in memory only).
+    """
+
+    def __init__(
+        self, model_dir: str | Path, settings: EngineConfig | None = None, state_dir: str | Path | None = None
+    ):
+        self.model = None
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrec-decode")
+        super().__init__(model_dir, settings, state_dir)
+
+    def _started(self) -> bool:
+        return self.model is not None
+
+    def start(self) -> None:
+        """Load the weights, the way every HF decoder loads an exported folder."""
+        import torch
+
+        model = ExportedModel.load(self.model_dir, dtype=getattr(torch, self.settings.dtype)).model
+        with self._life_lock:
+            if not self._stopped:
+                self.model = model
+
+    def shutdown(self) -> None:
+        with self._life_lock:
+            self._stopped = True
+            self.model = None
+        # a search under way finishes (it holds its own reference to the weights); queued ones are dropped
+        self._decoder.shutdown(wait=False, cancel_futures=True)
+
+    def _rank_now(
+        self,
+        model: Any,
+        v: CatalogVersion,
+        prompt: list[int],
+        k: int,
+        num_beams: int,
+        exclude: Iterable[int] | None,
+        allow: Iterable[int] | None,
+    ) -> Ranking:
+        from genrec.decoding.hf import GenerativeRecommender
+
+        # the recommender itself (not a copy of its steps), so scores match `genrec recommend` bit for bit
+        recommender = GenerativeRecommender(model, v.formatter, v.trie)
+        rows = recommender.recommend(
+            [],
+            k,
+            num_beams=num_beams,
+            prompts=[prompt],
+            exclude=None if exclude is None else [list(exclude)],
+            allow=None if allow is None else [list(allow)],
+        )[0]
+        return [(r.index, r.score) for r in rows]
+
+    async def rank(
+        self,
+        prompt: list[int],
+        k: int,
+        num_beams: int,
+        exclude: Iterable[int] | None = None,
+        allow: Iterable[int] | None = None,
+        version: CatalogVersion | None = None,
+    ) -> tuple[CatalogVersion, Ranking]:
+        """Top-``k`` (catalog row, score) for one prompt, and the catalog version the rows refer to."""
+        self.require_ready()
+        model, v = self.model, version or self.current
+        if model is None:  # stopped since the check
+            raise NotReadyError("the engine is stopped", "the server is shutting down; retry elsewhere")
+        loop = asyncio.get_running_loop()
+        ranked = await loop.run_in_executor(
+            self._decoder, self._rank_now, model, v, prompt, k, num_beams, exclude, allow
+        )
+        return v, ranked
+
+
+class EngineSupervisor:
+    """Starts an engine in the background and watches it until it dies or the server stops.
+
+    The server binds its port first and answers ``/health`` with ``starting`` (503) while the
+    engine loads: a load balancer then sees a live process that is not ready yet, rather than
+    a refused connection for minutes. When the engine dies (its process killed, or it failed
+    to start), ``on_death`` gets the reason: the server answers 503 and exits.
+
+    Args:
+        engine: the engine to start and watch.
+        on_death: called once, on the event loop, with the reason.
+        poll_s: seconds between liveness checks.
+    """
+
+    def __init__(self, engine: RankingEngine, on_death: Callable[[str], None], poll_s: float = 0.5):
+        self.engine = engine
+        self.on_death = on_death
+        self.poll_s = poll_s
+
+    async def run(self) -> None:
+        engine = self.engine
+        if engine.state == "starting":
+            try:
+                await asyncio.to_thread(engine.start)
+            except Exception as exc:
+                log.error("the engine failed to start", exc_info=exc)
+                engine.mark_dead(f"the engine failed to start ({type(exc).__name__}; see the server log)")
+            else:
+                if engine.ready:
+                    log.info("engine ready: serving catalog version %d", engine.current.version)
+        while engine.state not in ("dead", "stopped"):
+            engine.check_alive()
+            await asyncio.sleep(self.poll_s)
+        if engine.state == "dead":
+            self.on_death(engine.failure or "the engine died")
