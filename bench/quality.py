@@ -1,300 +1,443 @@
-"""Quality benchmark table: genrec runs and baselines side by side, from files in run folders.
+"""Recommendation-quality results: docs/results.md and its plot, generated from one file.
 
-    .venv/bin/python bench/quality.py                      # rows from bench/quality_runs.yaml
-    .venv/bin/python bench/quality.py --runs bench/quality_runs.yaml --out bench/results/quality.md
+    .venv/bin/python bench/quality.py              # rewrite docs/results.md and bench/results/quality.png
+    .venv/bin/python bench/quality.py --check      # exit 1 when docs/results.md is not what the rows give
+    .venv/bin/python bench/quality.py --headline   # print the README's headline table
 
-Every measured number is read from a run folder (nothing is recomputed here):
+Every number comes from ``bench/results/results.jsonl``: one JSON object per line, one line per
+table row (a system scored on one dataset, one protocol and one user sample). Nothing here reads
+run folders or recomputes a metric. To add a row, run its recipe (``genrec evaluate`` and
+``genrec baseline`` write the metrics into the run folder; ``bench/quality_jobs.py`` has the
+bench-only jobs), append a line with the fields below and run this script again.
 
-* genrec rows (`kind: genrec`): RUN/eval/test_{EVAL}.json (written by `genrec evaluate` and
-  copied by `bench/quality_jobs.py genrec-eval`), RUN/eval/test_{EVAL}.prov.json (eval time,
-  commit), RUN/bench/train.json (train time, commit), RUN/config.yaml, RUN/manifest.json;
-* baseline rows (`kind: baseline`): RUN/baselines/NAME/metrics_test_{EVAL}.json and
-  RUN/baselines/NAME/provenance.json (`bench/quality_jobs.py sasrec|popularity`);
-* `kind: published` rows are typed into the YAML and marked "published, not run here".
+Fields of a row:
 
-Several folders in one row (seeds) give mean ± sample standard deviation. The markdown goes
-to bench/results/quality.md (with the YAML's `commands` block at its top) and a bar plot
-to bench/results/quality.png.
-
-Run folders live under the ignored `runs/` and do not outlive the machine they were made on,
-so every row computed from its folders is also written, formatted, to the committed
-bench/results/quality_rows.json (key: dataset | system | eval subset). A row whose folders
-are missing is read back from there, exactly as it was printed, and the table says which
-rows came from that record; only a row that is in neither place is missing.
+``dataset``
+    short name (``Beauty``, ``Scientific``, ``Demo``); one section of docs/results.md each.
+``system``
+    what was scored (a recipe name for genrec rows).
+``protocol``
+    ``"seen items kept"`` (the user's history items may be recommended; TIGER's protocol) or
+    ``"seen items excluded"``.
+``users``
+    how many test users were scored (null for published numbers).
+``user_sample``
+    ``"all"`` or ``"N users, seed S"`` (the sample of ``genrec evaluate --max-users N --seed S``).
+``seeds``
+    training seeds averaged over (empty for deterministic models and published numbers).
+``metrics``
+    ``{name: {"mean": float, "sd": float or null}}``; ``sd`` is the sample standard deviation over
+    the seeds (null for one seed). Names: ``recall@5``, ``recall@10``, ``ndcg@5``, ``ndcg@10``,
+    ``invalid_rate`` and optionally ``mrr``, ``coverage@10``.
+``minutes``
+    ``{"mean", "sd"}`` wall-clock minutes of training + evaluation, or null when not recorded.
+``commit``
+    the commit(s) the run folders recorded (``-dirty``: with uncommitted changes), or null.
+``cpu``
+    the CPU the row was measured on (null for published numbers).
+``config``
+    the recipe in words: config file and overrides.
+``command``
+    the commands as they were run, or null for published numbers.
+``published``
+    true for numbers typed from a paper (never run here).
+``headline``
+    true for the rows of the README's headline table.
+``notes``
+    list of measured facts about the row (validation curves, diagnostics).
+``runs``
+    per run folder: its IDs, collision rate, steps (epochs), validation NDCG@10 by step, training
+    loss, beam width and decoding time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import math
+import re
+import sys
 from pathlib import Path
 
-import yaml
-
-METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 ROOT = Path(__file__).resolve().parent.parent
-STORE = ROOT / "bench" / "results" / "quality_rows.json"
+RESULTS = ROOT / "bench" / "results" / "results.jsonl"
+DOC = ROOT / "docs" / "results.md"
+PLOT = ROOT / "bench" / "results" / "quality.png"
+
+PROTOCOLS = ("seen items kept", "seen items excluded")
+MAIN_METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
+EXTRA_METRICS = ("mrr", "coverage@10")
+METRIC_NAMES = {
+    "recall@5": "R@5",
+    "recall@10": "R@10",
+    "ndcg@5": "N@5",
+    "ndcg@10": "N@10",
+    "mrr": "MRR",
+    "coverage@10": "cov@10",
+    "invalid_rate": "invalid",
+}
+FIELDS = {
+    "dataset": str,
+    "system": str,
+    "protocol": str,
+    "users": (int, type(None)),
+    "user_sample": str,
+    "seeds": list,
+    "metrics": dict,
+    "minutes": (dict, type(None)),
+    "commit": (str, type(None)),
+    "cpu": (str, type(None)),
+    "config": str,
+    "command": (str, type(None)),
+    "published": bool,
+    "headline": bool,
+    "notes": list,
+    "runs": list,
+}
+
+#: What each dataset is (section text); a dataset without an entry gets its name only.
+DATASETS = {
+    "Beauty": "Amazon Beauty 2014 in the P5/TIGER split (`data.format: p5`, 5-core): 22,363 users, 12,101 "
+    "items, 198,502 interactions; `configs/beauty-scratch.yaml` and `configs/beauty.yaml`. No test "
+    "target of this split is already in its user's history.",
+    "Scientific": "Amazon Scientific 2018 (LC-Rec files, `configs/scientific-scratch.yaml`): 8,317 users, "
+    "4,344 items; item text = title, brand, categories, description.",
+    "Demo": "MovieTweetings 100K, 5-core, bundled with the package (`configs/demo.yaml`): 4,333 users, "
+    "2,414 items, 68,055 interactions.",
+}
+
+#: Helper scripts that recorded commands call and that have changed or gone since, with the last
+#: commit holding the version those commands used (`git show COMMIT:PATH`).
+RETIRED_SCRIPTS = {
+    "bench/quality_jobs.py": "231c0f4",
+    "bench/quality_long.sh": "3834243",
+    "bench/quality_text_ids.sh": "aa14ee1",
+    "bench/quality_ablation_source.sh": "4f29d11",
+    "bench/quality_smollm2_beauty.sh": "0cef214",
+    "bench/quality_demo_and_align.sh": "0cef214",
+}
+
+INTRO = """\
+Generated by `.venv/bin/python bench/quality.py` from `bench/results/results.jsonl` (one JSON
+object per row); do not edit by hand. Add a row to that file and rerun the script.
+
+How every measured row was scored: the test split of a leave-last-out split (the last item of
+each user is the target, all earlier items the history), full ranking over the whole catalog,
+the metrics of `genrec/metrics.py` (R = Recall@K, equal to HitRate@K with one target; N =
+NDCG@K; invalid = the share of recommended slots that are not catalog items). genrec decodes
+with the trie-constrained beam search, so its invalid rate is 0 by construction.
+
+* **User sample.** genrec decodes a user in ~0.1 s (4x128 model, beam 20, one thread), so most
+  genrec rows were scored on a fixed random sample of 2,000 test users (`genrec evaluate
+  --max-users 2000 --seed 0`: the same users for every model); the baselines were scored on the
+  same sample *and* on all users. The sample scores higher than all users on Beauty (SASRec-CE
+  NDCG@10 0.0439 on it, 0.0405 on all), so compare rows only within one user sample. On 2,000
+  users the standard error is ~0.004 on Recall@10 and ~0.002 on NDCG@10.
+* **Seeds.** Several seeds: mean ± sample standard deviation over them. Most genrec rows are one
+  training seed; the training seed alone moved NDCG@10 by sd ~0.002 on Beauty, so single-seed
+  differences under ~0.005 are noise.
+* **Protocol.** "seen items kept": items of the user's history may be recommended (TIGER's
+  protocol); "seen items excluded": they never are.
+* **Time.** `min` is wall-clock minutes of training + evaluation on the row's CPU (in its
+  recipe); most jobs ran on one thread while another job used the second core.
+* **Commands** are as they were run, at the row's commit. The helper scripts they call have
+  changed or gone since (`bench/quality_jobs.py` lost its `train`, `genrec-eval`, `popularity`
+  and `sasrec` jobs to the `genrec` CLI; see its docstring for today's commands); the versions
+  the rows used are in the git history: {scripts}.
+"""
 
 
-class Missing(Exception):
-    """A file a row needs is not there (its job did not run or did not finish)."""
+class RowError(ValueError):
+    """A line of results.jsonl that is not a valid row."""
 
 
-def _json(path: Path) -> dict:
-    if not path.is_file():
-        raise Missing(f"missing {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
-    return json.loads(path.read_text())
+def validate(row: dict, where: str) -> dict:
+    """Check one row's fields and types; raise :class:`RowError` naming ``where`` and the field."""
+    for name, typ in FIELDS.items():
+        if name not in row:
+            raise RowError(f"{where}: missing field {name!r}")
+        if not isinstance(row[name], typ):
+            raise RowError(f"{where}: field {name!r} has the wrong type ({type(row[name]).__name__})")
+    extra = set(row) - set(FIELDS)
+    if extra:
+        raise RowError(f"{where}: unknown field(s) {sorted(extra)}")
+    if row["protocol"] not in PROTOCOLS:
+        raise RowError(f"{where}: protocol must be one of {PROTOCOLS}, not {row['protocol']!r}")
+    if row["user_sample"] != "all" and not re.fullmatch(r"\d+ users, seed \d+", row["user_sample"]):
+        raise RowError(f"{where}: user_sample must be 'all' or 'N users, seed S', not {row['user_sample']!r}")
+    if not row["metrics"]:
+        raise RowError(f"{where}: no metrics")
+    for name, value in row["metrics"].items():
+        if name not in METRIC_NAMES:
+            raise RowError(f"{where}: unknown metric {name!r}")
+        if not isinstance(value, dict) or set(value) != {"mean", "sd"}:
+            raise RowError(f"{where}: metric {name!r} must be {{'mean': x, 'sd': y or null}}")
+        if not isinstance(value["mean"], (int, float)) or not math.isfinite(value["mean"]):
+            raise RowError(f"{where}: metric {name!r} has no numeric mean")
+        if value["sd"] is not None and len(row["seeds"]) < 2:
+            raise RowError(f"{where}: metric {name!r} has an sd but fewer than two seeds")
+    if not row["published"]:
+        for name in ("users", "commit", "cpu", "command"):
+            if row[name] is None:
+                raise RowError(f"{where}: a measured row needs {name!r}")
+    return row
 
 
-def _short(commit: str | None) -> str:
-    if not commit:
-        return "?"
-    dirty = commit.endswith("-dirty")
-    return commit[:7] + ("-dirty" if dirty else "")
-
-
-def _train_info(run: Path) -> dict:
-    """RUN/bench/train.json (quality_jobs.py train), else the wall-clock stamps that the shell
-    wrapper around `genrec train` wrote (RUN/train.start/.end, unix seconds) + RUN/train/state.json."""
-    if (run / "bench" / "train.json").is_file():
-        return _json(run / "bench" / "train.json")
-    start, end = (int((run / f"train.{x}").read_text().split()[0]) for x in ("start", "end"))
-    state = _json(run / "train" / "state.json")
-    model = _json(run / "manifest.json")["stages"]["model"]
-    return {"seconds": end - start, "steps": state["step"], "best_step": state["best_step"],
-            "commit": model.get("commit")}
-
-
-def _window_count(run: Path, span: int) -> int:
-    """next_item examples per epoch under `train.next_item_examples: windows` (prompts.py)."""
-    from genrec.data import PreparedDataset
-    from genrec.training.prompts import next_item_pairs
-    return len(next_item_pairs(list(PreparedDataset.load(run / "data").train_sequences().values()), "windows", span))
-
-
-def _genrec_run(run: Path, eval_name: str) -> dict:
-    res = _json(run / "eval" / f"test_{eval_name}.json")
-    prov = _json(run / "eval" / f"test_{eval_name}.prov.json")
-    train = _train_info(run)
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    manifest = _json(run / "manifest.json")["stages"]
-    m = res["genrec"]
-    commits = {train.get("commit"), prov.get("commit"), manifest["model"].get("commit"),
-               manifest["tokenize"].get("commit")}
-    report = _json(run / "tokenize" / "report.json")
-    stats = _json(run / "data" / "stats.json")
-    log = [json.loads(line) for line in (run / "train" / "log.jsonl").read_text().splitlines() if line.strip()]
-    valid = [(e["step"], e["valid"]["ndcg@10"]) for e in log if "valid" in e]
-    losses = [(e["step"], e["loss"]) for e in log if "loss" in e]
-    pairs = stats["train_interactions"] - stats["users"]  # next-item examples per epoch (every prefix)
-    if cfg["train"].get("next_item_examples") == "windows":
-        pairs = _window_count(run, cfg["data"]["max_history"])
-    details = {"run": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run),
-               "quantizer": cfg["tokenize"]["quantizer"]["method"], "source": cfg["tokenize"]["embedding"]["source"],
-               "collision_rate": report["collision_rate"], "largest_group": report.get("largest_group"),
-               "levels": [lv["size"] for lv in report["levels"]],
-               "steps": train["steps"], "epochs": train["steps"] * cfg["train"]["batch_size"] / pairs,
-               "best_step": train["best_step"], "valid_ndcg10": valid,
-               "loss_first_last": (losses[0], losses[-1]) if losses else None,
-               "loss_tail_mean": (sum(l for _, l in losses[-10:]) / len(losses[-10:])) if losses else None,
-               "beams": res["num_beams"], "eval_s_per_user": m.get("seconds_per_user")}
-    return {"metrics": {k: m[k] for k in METRICS}, "invalid": m["invalid_rate"], "users": res["users"],
-            "details": details, "minutes": (train["seconds"] + prov["seconds"]) / 60, "seed": cfg["seed"],
-            "commits": sorted(_short(c) for c in commits if c), "beams": res["num_beams"],
-            "exclude_seen": res["exclude_seen"], "steps": train["steps"], "best_step": train["best_step"],
-            "train_min": train["seconds"] / 60, "eval_min": prov["seconds"] / 60}
-
-
-def _baseline_run(folder: Path, eval_name: str) -> dict:
-    m = _json(folder / f"metrics_test_{eval_name}.json")
-    prov = _json(folder / "provenance.json")
-    minutes = (prov.get("train_seconds", 0.0) + prov.get("eval_seconds", 0.0)) / 60
-    return {"metrics": {k: m[k] for k in METRICS}, "invalid": m["invalid_rate"], "users": m["users"],
-            "minutes": minutes, "seed": prov.get("seed"), "commits": [_short(prov.get("commit"))],
-            "exclude_seen": m.get("exclude_seen"), "best_epoch": prov.get("best_epoch")}
-
-
-def _fmt(values: list[float], digits: int = 4) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
-def row_key(dataset: str, system: str, eval_name: str | None) -> str:
-    """The row's key in the kept record (bench/results/quality_rows.json)."""
-    return f"{dataset} | {system} | {eval_name or 'published'}"
-
-
-def _detail_line(d: dict) -> str:
-    curve = ", ".join(f"{s_}: {v:.4f}" for s_, v in d["valid_ndcg10"])
-    loss = (f"{d['loss_first_last'][0][1]:.2f} -> {d['loss_tail_mean']:.2f}" if d["loss_first_last"] else "-")
-    return (f"| {d['run']} | {d['quantizer']} over {d['source']}, levels {d['levels']} | "
-            f"{d['collision_rate']:.2%} (largest group {d['largest_group']}) | {d['steps']} "
-            f"({d['epochs']:.2f}) | {curve} | {loss} | {d['beams']} | {d['eval_s_per_user']:.3f} |")
-
-
-def collect(spec: dict, base: Path, strict: bool = True, skipped: list | None = None,
-            store: dict | None = None) -> list[dict]:
-    """One dict per table row: label columns and formatted metric cells.
-
-    ``store`` is the kept record ({row_key: row}): rows computed from run folders are written
-    into it, rows whose folders are missing are read from it (marked ``kept``).
-    """
+def load_rows(path: Path = RESULTS) -> list[dict]:
+    """The rows of ``path``, validated, in file order (each gets its line number as ``n``)."""
     rows = []
-    skipped = [] if skipped is None else skipped
-    for entry in spec["rows"]:
-        kind = entry["kind"]
-        dataset = entry.get("dataset", spec["dataset"])
-        if kind == "published":
-            rows.append({"dataset": dataset,
-                         "system": entry["system"] + " (published, not run here)",
-                         "config": entry.get("config", ""), "seeds": "-", "users": "-", "minutes": "-",
-                         "commit": "-", "invalid": "-", "published": True,
-                         "cells": {k: (_fmt([entry[k]]) if k in entry else "-") for k in METRICS}})
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
             continue
-        for eval_name in entry["eval"]:
-            key = row_key(dataset, entry["system"], eval_name)
-            runs = []
-            try:
-                for folder in entry["runs"]:
-                    path = (base / folder).resolve()
-                    runs.append(_genrec_run(path, eval_name) if kind == "genrec" else _baseline_run(path, eval_name))
-            except Missing as e:
-                if store is not None and key in store:
-                    rows.append({**store[key], "kept": True})
-                    continue
-                if strict:
-                    raise SystemExit(f"{e}: run the job that writes it (see bench/quality_jobs.py), or --skip-missing")
-                skipped.append(f"{entry['system']} [{eval_name}]: {e}")
-                continue
-            users = sorted({r["users"] for r in runs})
-            seeds = [r["seed"] for r in runs]
-            row = {
-                "dataset": dataset, "system": entry["system"],
-                "config": entry.get("config", "") + "".join(
-                    f"; best epoch {r['best_epoch']}" for r in runs if r.get("best_epoch")),
-                "seeds": ",".join("-" if s is None else str(s) for s in seeds),
-                "users": "/".join(f"{u:,}" for u in users),
-                "minutes": _fmt([r["minutes"] for r in runs], 1),
-                "commit": ", ".join(sorted({c for r in runs for c in r["commits"]})),
-                "invalid": _fmt([r["invalid"] for r in runs], 3), "published": False,
-                # formatted here once, so that a row read back from the record prints the same
-                "cells": {k: _fmt([r["metrics"][k] for r in runs]) for k in METRICS},
-                "values": {k: [r["metrics"][k] for r in runs] for k in METRICS},
-                "subset": eval_name,
-                "details": [_detail_line(r["details"]) for r in runs if r.get("details")]}
-            if store is not None:
-                store[key] = row
-            rows.append(row)
+        where = f"{path.name} line {n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RowError(f"{where}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise RowError(f"{where}: not a JSON object")
+        rows.append({**validate(row, where), "n": n})
+    if not rows:
+        raise RowError(f"{path}: no rows")
     return rows
 
 
-def markdown(spec: dict, rows: list[dict]) -> str:
-    out = [f"# {spec.get('title', 'Quality benchmark')}", ""]
-    if spec.get("commands"):
-        out += ["Commands (from the repository root; every heavy job with `OMP_NUM_THREADS=1 MKL_NUM_THREADS=1`):",
-                "", "```bash", spec["commands"].rstrip(), "```", ""]
-    if spec.get("notes_before"):
-        out += [spec["notes_before"].rstrip(), ""]
-    head = ["dataset", "system", "config", "seeds", "eval users", "R@5", "R@10", "N@5", "N@10", "invalid rate",
-            "train+eval min", "commit"]
-    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+# -- formatting --------------------------------------------------------------------------------
+
+
+def fmt_metric(m: dict | None, digits: int = 4) -> str:
+    if m is None:
+        return "-"
+    text = f"{m['mean']:.{digits}f}"
+    return text if m["sd"] is None else f"{text} ± {m['sd']:.{digits}f}"
+
+
+def fmt_invalid(m: dict | None) -> str:
+    if m is None:
+        return "-"
+    return "0" if m["mean"] == 0 and not m["sd"] else fmt_metric(m, 3)
+
+
+def fmt_users(row: dict) -> str:
+    if row["published"]:
+        return "all (paper)"
+    if row["user_sample"] == "all":
+        return f"all {row['users']:,}"
+    return f"{row['users']:,} sampled (seed {row['user_sample'].rsplit(' ', 1)[1]})"
+
+
+def fmt_minutes(m: dict | None) -> str:
+    if m is None:
+        return "-"
+    return f"{m['mean']:.1f}" + ("" if m["sd"] is None else f" ± {m['sd']:.1f}")
+
+
+def _kind(row: dict) -> int:
+    """Table order within a section: published, then baselines, then genrec rows."""
+    if row["published"]:
+        return 0
+    return 2 if row["system"].startswith("genrec") else 1
+
+
+def _anchor(row: dict) -> str:
+    return f"row-{row['n']}"
+
+
+def table(rows: list[dict], link: bool = True) -> list[str]:
+    """A markdown table of ``rows`` (MRR / coverage columns only when some row has them)."""
+    extra = [m for m in EXTRA_METRICS if any(m in r["metrics"] for r in rows)]
+    head = [
+        "#",
+        "system",
+        "test users",
+        *(METRIC_NAMES[m] for m in (*MAIN_METRICS, *extra)),
+        "invalid",
+        "seeds",
+        "min",
+        "commit",
+    ]
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" if i > 2 else "---" for i in range(len(head))) + "|"]
     for r in rows:
-        vals = [r["cells"][k] for k in METRICS]
-        out.append("| " + " | ".join([r["dataset"], r["system"], r["config"], r["seeds"], r["users"], *vals,
-                                      r["invalid"], r["minutes"], r["commit"]]) + " |")
-    out.append("")
-    out.append("Several seeds: mean ± sample standard deviation over the seeds. R = Recall (= HitRate with one "
-               "target), N = NDCG; leave-last-out, full ranking over the catalog, "
-               "`genrec/evaluation/metrics.py` for every measured row.")
-    kept = [r for r in rows if r.get("kept")]
-    if kept:
-        out += ["", f"{len(kept)} of these rows were read from `bench/results/quality_rows.json`, the record "
-                "this script keeps of every row it computed: their run folders (under the ignored `runs/`) "
-                "were not on the machine that regenerated the table. Rerun a row's commands to measure it anew."]
-    det = [line for r in rows for line in r.get("details", [])]
-    if det:
-        out += ["", "genrec runs, read from the same folders (IDs: RUN/tokenize/report.json; training: "
-                "RUN/train/log.jsonl, validation = sampled valid users (train.eval_users), beam as in the config):", "",
-                "| run | IDs | collisions before disambiguation | steps (epochs of next-item examples) | "
-                "validation NDCG@10 by step | train loss (first -> mean of last 10 logs; with history loss: "
-                "answer + history terms) | test beam | eval s/user |",
-                "|---|---|---|---|---|---|---|---|"]
-        out += det
-    if spec.get("notes"):
-        out += ["", spec["notes"].rstrip()]
-    return "\n".join(out) + "\n"
+        number = f"[{r['n']}](#{_anchor(r)})" if link else str(r["n"])
+        cells = [
+            number,
+            r["system"],
+            fmt_users(r),
+            *(fmt_metric(r["metrics"].get(m)) for m in (*MAIN_METRICS, *extra)),
+            fmt_invalid(r["metrics"].get("invalid_rate")),
+            ",".join(map(str, r["seeds"])) or "-",
+            fmt_minutes(r["minutes"]),
+            r["commit"] or "-",
+        ]
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return out
 
 
-def _cell_value(cell: str) -> tuple[float, float]:
-    """(mean, sd) of a formatted cell: "0.0405 ± 0.0009", "0.0192" or "-" (0, 0)."""
-    if cell == "-":
-        return 0.0, 0.0
-    mean, _, sd = cell.partition(" ± ")
-    return float(mean), float(sd or 0.0)
+def _runs_table(runs: list[dict]) -> list[str]:
+    out = [
+        "| run folder | semantic IDs | collisions before disambiguation | steps (epochs) | "
+        "validation NDCG@10 by step | training loss (first -> mean of last 10 logs) | beam | decode s/user |",
+        "|---|---|---|---:|---|---|---:|---:|",
+    ]
+    for d in runs:
+        curve = ", ".join(f"{s}: {v:.4f}" for s, v in d["valid_ndcg@10"].items()) or "-"
+        out.append(
+            f"| {d['run']} | {d['ids']} | {d['collisions']} | {d['steps']} ({d['epochs']:.2f}) | {curve} | "
+            f"{d['train_loss']} | {d['beams']} | {d['eval_s_per_user']:.3f} |"
+        )
+    return out
 
 
-def plot(rows: list[dict], path: Path, dataset: str) -> None:
-    """Horizontal bars, one row of the table each (table order, top to bottom): NDCG@10 and Recall@10
-    with the seed spread; published rows hatched, the baselines' rows in grey."""
+def recipe(row: dict) -> list[str]:
+    """One row's details: recipe, CPU, notes, run folders and commands, folded."""
+    title = f"{row['n']}. {row['system']} ({row['protocol']}, {fmt_users(row)})"
+    out = [f'<details id="{_anchor(row)}"><summary>{title}</summary>', ""]
+    out.append(f"Recipe: {row['config']}.")
+    if row["cpu"]:
+        out += ["", f"CPU: {row['cpu']}."]
+    for note in row["notes"]:
+        out += ["", f"- {note}"]
+    if row["runs"]:
+        out += ["", *_runs_table(row["runs"])]
+    if row["command"]:
+        out += ["", "```bash", row["command"].rstrip(), "```"]
+    out += ["", "</details>", ""]
+    return out
+
+
+def sections(rows: list[dict]) -> list[tuple[str, str, list[dict]]]:
+    """(dataset, protocol, rows) in the order datasets first appear, kept before excluded."""
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    out = []
+    for ds in datasets:
+        for protocol in PROTOCOLS:
+            group = sorted(
+                (r for r in rows if r["dataset"] == ds and r["protocol"] == protocol), key=lambda r: (_kind(r), r["n"])
+            )
+            if group:
+                out.append((ds, protocol, group))
+    return out
+
+
+def markdown(rows: list[dict], plot_path: str | None = "../bench/results/quality.png") -> str:
+    scripts = ", ".join(f"`git show {c}:{p}`" for p, c in RETIRED_SCRIPTS.items())
+    out = ["# Results", "", INTRO.format(scripts=scripts).rstrip(), ""]
+    out += ["The README's headline rows (Beauty):", "", *headline(rows), ""]
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        out += [f"## {ds}", "", DATASETS.get(ds, ds), ""]
+        for _, protocol, group in (s for s in sections(rows) if s[0] == ds):
+            out += [f"### {ds}, {protocol}", "", *table(group), ""]
+        if ds == "Beauty" and plot_path:
+            out += [f"![NDCG@10 and Recall@10 of the Beauty rows with seen items kept]({plot_path})", ""]
+        out += [f"### {ds}: recipes and commands", ""]
+        for _, _, group in (s for s in sections(rows) if s[0] == ds):
+            for r in group:
+                out += recipe(r)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def headline(rows: list[dict]) -> list[str]:
+    """The README's results table: the rows marked ``headline``, in table order."""
+    picked = [r for r in rows if r["headline"]]
+    if not picked:
+        return []
+    # genrec first, then baselines (sampled users before all users), then published numbers
+    picked.sort(key=lambda r: (-_kind(r), r["user_sample"] == "all", r["n"]))
+    head = ["system", "test users", "R@5", "R@10", "N@5", "N@10", "seeds"]
+    out = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    for r in picked:
+        out.append(
+            "| "
+            + " | ".join(
+                [
+                    r["system"] + (" (published)" if r["published"] else ""),
+                    fmt_users(r),
+                    *(fmt_metric(r["metrics"].get(m)) for m in MAIN_METRICS),
+                    ",".join(map(str, r["seeds"])) or "-",
+                ]
+            )
+            + " |"
+        )
+    return out
+
+
+def plot(rows: list[dict], path: Path, dataset: str = "Beauty") -> None:
+    """Horizontal bars of NDCG@10 and Recall@10 (± sd) for ``dataset``'s rows with seen items kept;
+    published rows hatched, baselines grey, genrec blue."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    labels = []
-    for r in rows:
-        lab = r["system"].replace(" (published, not run here)", " (published)").replace("**", "")
-        if not r["published"]:
-            lab += f" [{r['users']} users]"
-        labels.append(lab if len(lab) <= 110 else lab[:107] + "...")
-    y = np.arange(len(rows))
-    fig, axes = plt.subplots(1, 2, figsize=(20, 0.28 * len(rows) + 1.5), sharey=True)
-    for ax, key, title in zip(axes, ("ndcg@10", "recall@10"), ("NDCG@10", "Recall@10")):
-        means, errs = zip(*(_cell_value(r["cells"][key]) for r in rows))
-        colors = ["#9e9e9e" if ("SASRec" in r["system"] or "popularity" in r["system"]) else "#1f77b4" for r in rows]
-        bars = ax.barh(y, means, xerr=[e if e else 0 for e in errs], color=colors, edgecolor="black", linewidth=0.4,
-                       capsize=2)
-        for bar, r in zip(bars, rows):
+
+    group = next((g for ds, protocol, g in sections(rows) if ds == dataset and protocol == PROTOCOLS[0]), [])
+    if not group:
+        return
+    labels = [f"{r['n']}. {r['system']} [{fmt_users(r)}]" for r in group]
+    y = np.arange(len(group))
+    fig, axes = plt.subplots(1, 2, figsize=(18, 0.3 * len(group) + 1.5), sharey=True)
+    for ax, key in zip(axes, ("ndcg@10", "recall@10")):
+        means = [r["metrics"][key]["mean"] if key in r["metrics"] else 0.0 for r in group]
+        errs = [(r["metrics"][key]["sd"] or 0.0) if key in r["metrics"] else 0.0 for r in group]
+        colors = ["#1f77b4" if _kind(r) == 2 else "#9e9e9e" for r in group]
+        bars = ax.barh(y, means, xerr=errs, color=colors, edgecolor="black", linewidth=0.4, capsize=2)
+        for bar, r in zip(bars, group):
             if r["published"]:
                 bar.set_hatch("//")
                 bar.set_facecolor("white")
-        ax.set_title(f"{dataset}: test {title} (leave-last-out, full ranking)")
+        ax.set_title(
+            f"{dataset}: test {METRIC_NAMES[key].replace('N@', 'NDCG@').replace('R@', 'Recall@')} "
+            "(leave-last-out, full ranking, seen items kept)"
+        )
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, labels, fontsize=7)
     axes[0].invert_yaxis()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Collect the quality benchmark table from run folders.")
-    p.add_argument("--runs", default=str(ROOT / "bench" / "quality_runs.yaml"), help="YAML list of rows.")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.md"))
-    p.add_argument("--plot", default=str(ROOT / "bench" / "results" / "quality.png"))
-    p.add_argument("--store", default=str(STORE), help="kept record of computed rows (JSON)")
-    p.add_argument("--skip-missing", action="store_true",
-                   help="leave out rows whose files are missing and that the record does not hold")
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description="Generate docs/results.md and the Beauty plot from bench/results/results.jsonl.",
+        epilog="The row fields are described at the top of this file (bench/quality.py).",
+    )
+    p.add_argument(
+        "--results", type=Path, default=RESULTS, help="rows, one JSON object per line (default: %(default)s)"
+    )
+    p.add_argument("--out", type=Path, default=DOC, help="markdown to write (default: %(default)s)")
+    p.add_argument("--plot", type=Path, default=PLOT, help="PNG of the Beauty rows (default: %(default)s)")
+    p.add_argument("--no-plot", action="store_true", help="do not draw the plot")
+    p.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 when --out differs from what the rows give"
+    )
+    p.add_argument("--headline", action="store_true", help="print the README's headline table and exit")
     args = p.parse_args(argv)
-    spec = yaml.safe_load(Path(args.runs).read_text())
-    store_path = Path(args.store)
-    store = json.loads(store_path.read_text()) if store_path.is_file() else {}
-    skipped: list[str] = []
-    rows = collect(spec, ROOT, strict=not args.skip_missing, skipped=skipped, store=store)
-    text = markdown(spec, rows)
-    if skipped:
-        text += "\nRows not in the table (their jobs did not finish):\n\n" + "".join(f"- {x}\n" for x in skipped)
-    store_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = store_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(store, indent=1, sort_keys=True) + "\n")
-    tmp.replace(store_path)   # never half a record: it holds rows no run folder can give back
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    # the plot shows the main dataset's rows (one chart, one catalog); other datasets are in the table
-    plot([r for r in rows if r["dataset"] == spec["dataset"]], Path(args.plot), spec["dataset"])
-    print(text)
+    try:
+        rows = load_rows(args.results)
+    except RowError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.headline:
+        print("\n".join(headline(rows)))
+        return 0
+    text = markdown(rows)
+    if args.check:
+        current = args.out.read_text(encoding="utf-8") if args.out.is_file() else ""
+        if current != text:
+            print(f"{args.out} is out of date: run .venv/bin/python bench/quality.py", file=sys.stderr)
+            return 1
+        return 0
+    from genrec.io import atomic_write_text
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, text)
+    if not args.no_plot:
+        plot(rows, args.plot)
+    print(f"{len(rows)} rows -> {args.out}" + ("" if args.no_plot else f", {args.plot}"))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

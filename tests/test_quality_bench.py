@@ -1,56 +1,96 @@
-"""The quality table's collector (bench/quality.py) keeps every row it computes, so a table
-regenerated on a machine without the run folders still holds the measured rows."""
+"""The quality results (bench/results/results.jsonl) and their generator (bench/quality.py).
+
+Every measured row lives in the committed results file, so no row depends on a run folder that
+is gone; the generator validates every row, rejects a malformed one by its line, and writes the
+same page from the same rows every time."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import sys
 
-import yaml
+import pytest
 
-from conftest import REPO, copy_prepared
+from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 import quality  # noqa: E402  (bench/ is scripts, not a package)
 
 
-def test_rows_outlive_their_run_folders(demo_run, tmp_path, monkeypatch):
-    run = copy_prepared(demo_run, tmp_path / "runs" / "demo")
-    cfg = tmp_path / "demo.yaml"
-    cfg.write_text((REPO / "configs" / "demo.yaml").read_text().replace("run_dir: runs/demo", f"run_dir: {run}"))
-    subprocess.run([sys.executable, str(REPO / "bench" / "quality_jobs.py"), "popularity", str(cfg),
-                    "--max-users", "500"], check=True, capture_output=True, cwd=REPO)
-    spec = {"title": "t", "dataset": "Demo", "rows": [
-        {"kind": "published", "system": "paper", "ndcg@10": 0.5},
-        {"kind": "baseline", "system": "popularity", "config": "training counts",
-         "runs": [str((run / "baselines" / "popularity").relative_to(tmp_path))], "eval": ["all", "u500_s0"]}]}
-    (tmp_path / "rows.yaml").write_text(yaml.safe_dump(spec))
-    store = tmp_path / "kept.json"
-    argv = ["--runs", str(tmp_path / "rows.yaml"), "--out", str(tmp_path / "t.md"), "--plot", str(tmp_path / "t.png"),
-            "--store", str(store)]
-    monkeypatch.setattr(quality, "ROOT", tmp_path)   # row folders are relative to the repository root
-    quality.main(argv)
-    first = (tmp_path / "t.md").read_text()
-    metrics = json.loads((run / "baselines" / "popularity" / "metrics_test_all.json").read_text())
-    assert f"| {metrics['ndcg@10']:.4f} |" in first
-    kept = json.loads(store.read_text())
-    assert set(kept) == {"Demo | popularity | all", "Demo | popularity | u500_s0"}
+@pytest.fixture(scope="module")
+def rows():
+    return quality.load_rows(quality.RESULTS)
 
-    shutil.rmtree(run)               # a fresh machine: no runs/, only the committed record
-    quality.main(argv)
-    again = (tmp_path / "t.md").read_text()
-    assert "2 of these rows were read from" in again
-    note = again[again.index("2 of these rows"):].split("\n")[0]
-    assert again == first + "\n" + note + "\n"          # the same rows, cell for cell, and the note
-    assert json.loads(store.read_text()) == kept   # reading does not rewrite the record
-    # a row neither measured nor recorded is still an error
-    spec["rows"][1]["eval"].append("u9_s9")
-    (tmp_path / "rows.yaml").write_text(yaml.safe_dump(spec))
-    try:
-        quality.main(argv)
-    except SystemExit as e:
-        assert "metrics_test_u9_s9.json" in str(e)
-    else:
-        raise AssertionError("a missing row without a record must fail")
+
+def _first_measured_row() -> dict:
+    lines = quality.RESULTS.read_text(encoding="utf-8").splitlines()
+    return next(row for row in map(json.loads, lines) if not row["published"])
+
+
+def test_every_row_is_complete(rows):
+    for r in rows:
+        where = f"results.jsonl line {r['n']}"
+        assert r["metrics"], where
+        if r["published"]:
+            assert r["command"] is None and r["users"] is None, where
+            continue
+        assert r["command"] and r["commit"] and r["cpu"], where
+        if r["user_sample"] != "all":  # "2000 users, seed 0" scored 2,000 users
+            assert int(r["user_sample"].split()[0]) == r["users"], where
+        for name, m in r["metrics"].items():
+            assert (m["sd"] is None) == (len(r["seeds"]) < 2), (where, name)
+
+
+def test_recorded_numbers_reach_the_page(rows):
+    page = quality.markdown(rows)
+    best = next(r for r in rows if r["headline"] and r["system"].startswith("genrec"))
+    assert f"{best['metrics']['ndcg@10']['mean']:.4f}" in page
+    assert "0.0439 ± 0.0005" in page  # SASRec-CE over three seeds, 2,000 users
+    for r in rows:  # every row has its table line and its recipe
+        assert f"[{r['n']}](#row-{r['n']})" in page
+        assert f'<details id="row-{r["n"]}">' in page
+        if r["command"]:
+            assert r["command"].splitlines()[-1] in page
+
+
+def test_generation_is_deterministic_and_checkable(tmp_path):
+    out = tmp_path / "results.md"
+    argv = ["--out", str(out), "--no-plot"]
+    assert quality.main(["--check", *argv]) == 1  # missing page: out of date
+    assert quality.main(argv) == 0
+    first = out.read_text(encoding="utf-8")
+    assert quality.main(argv) == 0 and out.read_text(encoding="utf-8") == first
+    assert quality.main(["--check", *argv]) == 0
+    out.write_text(first.replace("0.0421", "0.0999"), encoding="utf-8")
+    assert quality.main(["--check", *argv]) == 1
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r.pop("command"), "missing field 'command'"),
+        (lambda r: r.update(protocol="seen items sometimes"), "protocol must be one of"),
+        (lambda r: r.update(user_sample="some users"), "user_sample must be"),
+        (lambda r: r["metrics"].update({"ndcg@10": {"mean": "high", "sd": None}}), "no numeric mean"),
+        (lambda r: r["metrics"].update({"hit@10": {"mean": 0.1, "sd": None}}), "unknown metric"),
+        (lambda r: r.update(commit=None), "needs 'commit'"),
+        (lambda r: r.update(extra=1), "unknown field"),
+    ],
+)
+def test_a_malformed_row_is_rejected_by_its_line(tmp_path, change, message, capsys):
+    good = _first_measured_row()
+    assert not good["published"]
+    bad = json.loads(json.dumps(good))
+    change(bad)
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n", encoding="utf-8")
+    with pytest.raises(quality.RowError, match=message) as e:
+        quality.load_rows(path)
+    assert "line 2" in str(e.value)
+    assert quality.main(["--results", str(path), "--out", str(tmp_path / "r.md"), "--no-plot"]) == 2
+    assert "line 2" in capsys.readouterr().err
+
+
+def test_plot_draws(rows, tmp_path):
+    quality.plot(rows, tmp_path / "q.png")
+    assert (tmp_path / "q.png").stat().st_size > 10_000
