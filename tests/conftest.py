@@ -16,6 +16,11 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("GENREC_CACHE", str(REPO / ".cache"))
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+#: the config tests start from and shrink with overrides: the SmolLM2 demo recipe (semantic IDs
+#: from item text, so items can be added by text; plain next-item training, no teacher), so a test
+#: states every setting it changes
+TRAIN_BASE = REPO / "configs" / "demo-smollm2.yaml"
+
 
 def shared_dataset(name: str) -> Path:
     """Folder of a dataset in ../shared/data, or skip the test when it is not there."""
@@ -46,7 +51,7 @@ def demo_run(tmp_path_factory, smollm2_dir) -> Path:
     from genrec.tokenization.stage import tokenize_stage
 
     run = tmp_path_factory.mktemp("demo_run")
-    cfg = load_config(REPO / "configs" / "demo.yaml", [f"run_dir={run}"])
+    cfg = load_config(TRAIN_BASE, [f"run_dir={run}"])
     prepare_stage(cfg)
     tokenize_stage(cfg)
     return run
@@ -62,10 +67,6 @@ def copy_prepared(src: Path, dst: Path) -> Path:
         (shutil.copytree if p.is_dir() else shutil.copy)(p, dst / name)
     return dst
 
-
-#: the config training tests start from and shrink with overrides: the SmolLM2 demo recipe (plain
-#: next-item training, no teacher), so a test states every setting it changes
-TRAIN_BASE = REPO / "configs" / "demo-smollm2.yaml"
 
 # a small scratch Llama trained briefly on the bundled set: a real exported run for serving tests
 TINY_TRAINED = [

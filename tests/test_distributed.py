@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, TRAIN_BASE, copy_prepared
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_agree(demo_run, tmp_path):
     run = copy_prepared(demo_run, tmp_path / "ddp")
     overrides = [

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from conftest import REPO, copy_prepared, shared_dataset
+from conftest import REPO, TRAIN_BASE, copy_prepared, shared_dataset
 from genrec.config import load_config
 from genrec.data import prepare_stage
 from genrec.errors import GenrecError
@@ -51,6 +51,7 @@ def _check_unique_and_trie(run: Path, tokenizer_dir: Path, n_items: int) -> Cata
         ("beauty", [], 12101),
     ],
 )
+@pytest.mark.slow
 def test_shared_datasets_get_unique_ids(config, overrides, n_items, tmp_path, smollm2_dir):
     shared_dataset({"scientific": "amazon-scientific-2018", "beauty": "amazon-beauty-2014"}[config])
     cfg = load_config(
@@ -65,7 +66,7 @@ def test_shared_datasets_get_unique_ids(config, overrides, n_items, tmp_path, sm
 def test_demo_ids_unique_and_deterministic(demo_run, tmp_path, smollm2_dir):
     first = _check_unique_and_trie(demo_run, smollm2_dir, 2414)
     again = copy_prepared(demo_run, tmp_path / "again")
-    tokenize_stage(load_config(REPO / "configs" / "demo.yaml", [f"run_dir={again}"]))
+    tokenize_stage(load_config(TRAIN_BASE, [f"run_dir={again}"]))
     assert np.array_equal(load_catalog(again).codes, first.codes)
 
 
@@ -104,6 +105,7 @@ def test_new_items_join_without_refit_and_removed_items_leave(demo_run, tmp_path
         add_items(run, new.iloc[:1])
 
 
+@pytest.mark.slow
 def test_sasrec_collab_vectors_make_ids_and_accept_new_items(demo_run, tmp_path):
     """`collab_method: sasrec`: IDs from the item table of a SASRec fit on the training sequences."""
     from genrec.data import PreparedDataset
@@ -120,7 +122,7 @@ def test_sasrec_collab_vectors_make_ids_and_accept_new_items(demo_run, tmp_path)
         "sasrec.num_threads=1",
         f"tokenize.embedding.cache_dir={tmp_path / 'cache'}",
     ]
-    catalog = tokenize_stage(load_config(REPO / "configs" / "demo.yaml", over))
+    catalog = tokenize_stage(load_config(TRAIN_BASE, over))
     report = json.loads((run / "tokenize" / "report.json").read_text())
     assert report["collab_method"] == "sasrec" and report["collab_width"] == 32
     assert 1 <= report["sasrec"]["best_epoch"] <= report["sasrec"]["epochs_run"] <= 4
@@ -149,9 +151,7 @@ def test_sasrec_collab_vectors_make_ids_and_accept_new_items(demo_run, tmp_path)
     cached = next((tmp_path / "cache").glob("sasrec-*"))
     stamp = (cached / "model.pt").stat().st_mtime_ns
     again = copy_prepared(demo_run, tmp_path / "sasrec-only")
-    tokenize_stage(
-        load_config(REPO / "configs" / "demo.yaml", [f"run_dir={again}", *over[1:], "tokenize.embedding.source=collab"])
-    )
+    tokenize_stage(load_config(TRAIN_BASE, [f"run_dir={again}", *over[1:], "tokenize.embedding.source=collab"]))
     np.testing.assert_allclose(np.load(again / "tokenize" / "item_vectors.npy"), X[:, -32:], atol=1e-6)
     # the report reads how the fit went from the cached model, not 0/null
     assert json.loads((again / "tokenize" / "report.json").read_text())["sasrec"] == {
@@ -163,7 +163,7 @@ def test_sasrec_collab_vectors_make_ids_and_accept_new_items(demo_run, tmp_path)
     new = pd.DataFrame({"item_id": ["n1"], "title": ["Toy Story 5 (2027)"], "genres": ["Animation"]})
     assert dict(add_items(run, new))["n1"] not in {catalog.sid(i) for i in range(len(catalog))}
     with pytest.raises(GenrecError, match="collab_method.*ppmi, sasrec"):
-        tokenize_stage(load_config(REPO / "configs" / "demo.yaml", over + ["tokenize.embedding.collab_method=sasrecc"]))
+        tokenize_stage(load_config(TRAIN_BASE, over + ["tokenize.embedding.collab_method=sasrecc"]))
 
 
 def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -194,7 +194,7 @@ def test_cli_bad_input_is_one_clear_line(tmp_path):
 def test_codebook_larger_than_catalog_leaves_previous_stage(demo_run, tmp_path):
     run = copy_prepared(demo_run, tmp_path / "big")
     catalog_bytes = (run / "tokenize" / "catalog.parquet").read_bytes()
-    cfg = load_config(REPO / "configs" / "demo.yaml", [f"run_dir={run}", "tokenize.quantizer.codebook_size=5000"])
+    cfg = load_config(TRAIN_BASE, [f"run_dir={run}", "tokenize.quantizer.codebook_size=5000"])
     with pytest.raises(GenrecError, match="codebook size 5000 is larger than the catalog"):
         tokenize_stage(cfg)
     assert (run / "tokenize" / "catalog.parquet").read_bytes() == catalog_bytes

@@ -290,6 +290,7 @@ def test_unknown_task_and_finetune_are_clear_errors(demo_run):
         Trainer(_cfg(demo_run, "train.next_item_examples=window"), progress=False)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(demo_run, tmp_path):
     steps = ["train.max_steps=6"]
     a = copy_prepared(demo_run, tmp_path / "a")
@@ -434,6 +435,7 @@ def test_dropout_model_saves_as_plain_llama(demo_run, tmp_path):
         assert torch.equal(saved(input_ids=batch["input_ids"]).logits, saved(input_ids=batch["input_ids"]).logits)
 
 
+@pytest.mark.slow
 def test_lora_export_is_a_standalone_model(demo_run, tmp_path):
     run = copy_prepared(demo_run, tmp_path / "lora")
     cfg = _cfg(run, "train.finetune=lora", "train.max_steps=3", "train.lr=0.01")

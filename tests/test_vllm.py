@@ -30,6 +30,7 @@ def hf(trained_demo_run):
     return GenerativeRecommender.from_folder(trained_demo_run / "model")
 
 
+@pytest.mark.slow
 def test_cli_vllm_backend_ranks_like_hf(trained_demo_run, hf, tmp_path):
     """`genrec recommend --backend vllm` returns the HF backend's top-10 (fp32, seen items excluded)."""
     run = trained_demo_run
@@ -74,6 +75,7 @@ def test_cli_vllm_backend_ranks_like_hf(trained_demo_run, hf, tmp_path):
         assert all(abs(s - r.score) < 1e-3 for (_, s), r in zip(got, want) if exact)
 
 
+@pytest.mark.slow
 def test_processor_keeps_greedy_sampling_and_lists_on_the_trie(trained_demo_run, hf):
     """One engine: greedy and sampled generations spell catalog items; allow-lists hold inside decoding."""
     from vllm import SamplingParams
