@@ -79,14 +79,18 @@ class ExportedModel:
         catalog = Catalog.load(folder)
         trie = ItemTrie(catalog.token_ids(tokenizer), vocab_size=len(tokenizer))
         formatter = PromptFormatter.from_settings(tokenizer, catalog, settings)
-        model = None
-        if with_model:
-            import torch
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32)
-            model.eval()
+        model = cls.load_weights(folder, dtype) if with_model else None
         return cls(folder, tokenizer, catalog, trie, formatter, settings, model)
+
+    @staticmethod
+    def load_weights(folder: str | Path, dtype=None):
+        """The causal LM alone, in eval mode (for a caller that already holds the catalog and tokenizer)."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(Path(folder), dtype=dtype or torch.float32)
+        model.eval()
+        return model
 
     @staticmethod
     def save(folder: Path, model, formatter: PromptFormatter, trie: ItemTrie, **settings: Any) -> None:
