@@ -460,6 +460,15 @@ class ServeConfig(_Section):
     api_key: Optional[str] = _f(
         None, "Require `Authorization: Bearer KEY` (null: no key; the CLI also reads GENREC_API_KEY)."
     )
+    admin_key: Optional[str] = _f(
+        None,
+        "Key for the catalog routes (/v1/catalog/*), which the api_key then cannot use (403); "
+        "null: the api_key rules them too. The CLI also reads GENREC_ADMIN_KEY.",
+    )
+    cors_origins: list[str] = _f(
+        ["*"],
+        "Browser origins allowed to call the server (CORS; preflight requests are answered); [] turns CORS off.",
+    )
     num_beams: Optional[int] = _f(None, "Default beam width of a request (null: the run's eval.num_beams).", ge=1)
     max_body_bytes: int = _f(
         1_048_576, "Largest request body in bytes; a larger one is answered 413 unread.", ge=1024, le=1_000_000_000

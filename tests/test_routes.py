@@ -202,6 +202,10 @@ def _chat(content, role: str = "user") -> str:
     return json.dumps({"model": "demo", "messages": [{"role": role, "content": content}]})
 
 
+def _chat_with(**params) -> str:
+    return json.dumps({"model": "demo", "messages": [{"role": "user", "content": "I loved Heat"}], **params})
+
+
 @pytest.mark.parametrize(
     "path,body,status,needle",
     [
@@ -212,7 +216,41 @@ def _chat(content, role: str = "user") -> str:
         ("/v1/completions", '{"model": "demo", "prompt": ""}', 400, "prompt is empty"),
         ("/v1/completions", '{"model": "demo"}', 400, "prompt"),
         ("/v1/completions", '{"model": "demo", "prompt": "' + "word " * 1500 + '"}', 400, "accepts at most"),
-        ("/v1/completions", '{"model": "demo", "prompt": "hi", "stream": true}', 400, "streaming is not supported"),
+        # OpenAI parameters genrec cannot honour are refused by name, never silently ignored
+        ("/v1/completions", '{"model": "demo", "prompt": "hi", "stop": ["\\n"]}', 400, "stop=['\\n'] is not supported"),
+        ("/v1/completions", '{"model": "demo", "prompt": "hi", "logit_bias": {"5": 2}}', 400, "logit_bias="),
+        ("/v1/completions", '{"model": "demo", "prompt": "hi", "echo": true}', 400, "echo=True is not"),
+        ("/v1/completions", '{"model": "demo", "prompt": "hi", "max_tokens": 2}', 400, "cannot hold one item"),
+        ("/v1/completions", '{"model": "demo", "prompt": "hi", "temperature": 3}', 400, "temperature"),
+        ("/v1/completions", '{"model": "demo", "prompt": "hi", "top_p": 0}', 400, "top_p"),
+        ("/v1/completions", '{"model": "demo", "prompt": "hi", "best_of": 4}', 400, "best_of=4"),
+        (
+            "/v1/completions",
+            '{"model": "demo", "prompt": "hi", "frobnicate": 1}',
+            400,
+            "unknown parameter 'frobnicate'",
+        ),
+        ("/v1/chat/completions", _chat_with(presence_penalty=0.5), 400, "presence_penalty=0.5 is not supported"),
+        ("/v1/chat/completions", _chat_with(tools=[{"type": "function"}]), 400, "calls no tools"),
+        ("/v1/chat/completions", _chat_with(max_completion_tokens=1), 400, "max_completion_tokens=1 cannot"),
+        ("/v1/chat/completions", _chat_with(response_format={"type": "yaml"}), 400, "response_format.type"),
+        (
+            "/v1/chat/completions",
+            _chat_with(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}}),
+            400,
+            "not a JSON schema",
+        ),
+        (
+            "/v1/chat/completions",
+            _chat_with(
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "object", "required": ["movies"]}},
+                }
+            ),
+            400,
+            "does not accept",
+        ),
         ("/v1/completions", '{"model": "demo", "prompt": "hi", "n": 5, "num_beams": 3}', 400, "num_beams=3"),
         ("/v1/chat/completions", '{"model": "demo", "messages": []}', 400, "no user message"),
         (
@@ -255,6 +293,152 @@ def test_chat_content_in_openai_parts(client):
     r = client.post("/v1/chat/completions", json={"model": "demo", "messages": [{"role": "user", "content": parts}]})
     assert r.status_code == 200, r.text
     assert r.json()["understood"]["liked"] == ["1375666", "0482571"]
+
+
+# -- OpenAI conformance ------------------------------------------------------------------------------
+HEAT = [{"role": "user", "content": "I loved Heat and Inception"}]
+
+
+def test_streamed_answers_equal_the_plain_ones(client):
+    """stream=True: the same answer as server-sent events, read by the official client, then [DONE]."""
+    oa = _openai(client)
+    plain = oa.chat.completions.create(model="demo", messages=HEAT, extra_body={"k": 4})
+    chunks = list(
+        oa.chat.completions.create(
+            model="demo", messages=HEAT, stream=True, stream_options={"include_usage": True}, extra_body={"k": 4}
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.total_tokens == plain.usage.total_tokens and not chunks[-1].choices
+    assert [i["item_id"] for i in chunks[-2].model_extra["items"]] == [i["item_id"] for i in plain.model_extra["items"]]
+
+    done = oa.completions.create(model="demo", prompt="I loved Heat", n=3)
+    streamed = list(oa.completions.create(model="demo", prompt="I loved Heat", n=3, stream=True))
+    assert [c.choices[0].text for c in streamed] == [c.text for c in done.choices]
+    raw = client.post("/v1/completions", json={"model": "demo", "prompt": "I loved Heat", "stream": True})
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    assert raw.text.rstrip().endswith("data: [DONE]")
+
+
+def test_logprobs_are_the_items_scores(client):
+    r = client.post("/v1/completions", json={"model": "demo", "prompt": "I loved Heat", "n": 3, "logprobs": 2}).json()
+    for choice, item in zip(r["choices"], r["items"]):
+        lp = choice["logprobs"]
+        assert lp["tokens"] == [item["sid"]] and lp["token_logprobs"] == [item["score"]]
+        assert list(lp["top_logprobs"][0]) == [i["sid"] for i in r["items"][:2]]
+    oa = _openai(client)
+    chat = oa.chat.completions.create(model="demo", messages=HEAT, logprobs=True, top_logprobs=2, extra_body={"k": 3})
+    entries = chat.choices[0].logprobs.content
+    assert [e.token for e in entries] == [i["sid"] for i in chat.model_extra["items"]]
+    assert [e.logprob for e in entries] == [i["score"] for i in chat.model_extra["items"]]
+    assert all(len(e.top_logprobs) == 2 for e in entries)
+    assert oa.chat.completions.create(model="demo", messages=HEAT).choices[0].logprobs is None
+
+
+def test_json_response_formats_answer_the_items_as_json(client):
+    oa = _openai(client)
+    r = oa.chat.completions.create(
+        model="demo", messages=HEAT, response_format={"type": "json_object"}, extra_body={"k": 3}
+    )
+    assert json.loads(r.choices[0].message.content) == {"items": r.model_extra["items"]}
+    schema = {
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": {"type": "object", "required": ["item_id", "title"]}}},
+        "required": ["items"],
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "recs", "schema": schema, "strict": True}}
+    r = oa.chat.completions.create(model="demo", messages=HEAT, response_format=fmt, extra_body={"k": 3})
+    assert len(json.loads(r.choices[0].message.content)["items"]) == 3
+
+
+def test_max_tokens_pays_for_whole_items(client, trained_demo_run):
+    depth = Catalog.load(trained_demo_run / "model").depth
+    body = {"model": "demo", "messages": HEAT, "k": 5, "max_tokens": 2 * depth + 1}
+    r = client.post("/v1/chat/completions", json=body).json()
+    assert len(r["items"]) == 2 and r["choices"][0]["finish_reason"] == "length"
+    r = client.post("/v1/chat/completions", json={**body, "max_tokens": 5 * depth}).json()
+    assert len(r["items"]) == 5 and r["choices"][0]["finish_reason"] == "stop"
+
+
+def test_temperature_draws_distinct_valid_items_and_a_seed_repeats_them(client, trained_demo_run):
+    catalog = Catalog.load(trained_demo_run / "model")
+    ranked = client.post("/v1/completions", json={"model": "demo", "prompt": "I loved Heat", "n": 8}).json()
+    body = {"model": "demo", "prompt": "I loved Heat", "n": 8, "temperature": 1.0, "seed": 7}
+    first = client.post("/v1/completions", json=body).json()
+    again = client.post("/v1/completions", json=body).json()
+    ids = [i["item_id"] for i in first["items"]]
+    assert len(set(ids)) == 8 and all(catalog.get_index(i) is not None for i in ids)
+    assert ids == [i["item_id"] for i in again["items"]]
+    scores = [i["score"] for i in first["items"]]
+    assert scores == sorted(scores, reverse=True) and all(s <= 0 for s in scores)
+    # a hot draw is not the ranked list; temperature 0 is exactly the ranked list
+    hot = client.post("/v1/completions", json={**body, "temperature": 2.0, "seed": 1}).json()
+    assert [i["item_id"] for i in hot["items"]] != [i["item_id"] for i in ranked["items"]]
+    cold = client.post("/v1/completions", json={**body, "temperature": 0}).json()
+    assert cold["items"] == ranked["items"]
+    # exclusions and allow-lists hold inside the draw
+    allow = [i["item_id"] for i in ranked["items"]][:6]
+    filters = {"item_ids": allow, "exclude_item_ids": allow[:2]}
+    r = client.post("/v1/completions", json={**body, "n": 4, "filters": filters}).json()
+    assert sorted(i["item_id"] for i in r["items"]) == sorted(allow[2:])
+    oa = _openai(client)
+    chat = oa.chat.completions.create(model="demo", messages=HEAT, temperature=0.8, top_p=0.9, seed=3)
+    assert len({i["item_id"] for i in chat.model_extra["items"]}) == 5
+
+
+def test_models_by_id(client):
+    oa = _openai(client)
+    assert oa.models.retrieve("demo").id == "demo"
+    r = client.get("/v1/models/gpt-4")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def test_admin_key_rules_the_catalog_routes(trained_demo_run, tmp_path):
+    run = copy_run(trained_demo_run, tmp_path / "demo")
+    admin = {"Authorization": "Bearer sk-admin"}
+    with TestClient(_app(run, admin_key="sk-admin")) as c:
+        wait_ready(c)
+        r = c.post("/v1/catalog/reload", headers=AUTH)
+        assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
+        assert c.post("/v1/catalog/reload", headers={"Authorization": "Bearer sk-admin2"}).status_code == 401
+        assert c.post("/v1/catalog/reload").status_code == 401
+        assert c.post("/v1/catalog/reload", headers=admin).status_code == 200
+        # the admin key may do what the API key does; the API key still ranks
+        assert c.post("/v1/recommendations", json={"history": ["0468569"]}, headers=admin).status_code == 200
+        assert c.post("/v1/recommendations", json={"history": ["0468569"]}, headers=AUTH).status_code == 200
+
+
+def test_cors_preflight_is_answered_without_a_key(client):
+    headers = {
+        "Origin": "http://localhost:3000",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+        "Authorization": "",
+    }
+    r = client.options("/v1/chat/completions", headers=headers)
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] in ("*", "http://localhost:3000")
+    assert "authorization" in r.headers["access-control-allow-headers"].lower()
+    # a refused request carries the CORS header too, so a browser app can read the 401
+    r = client.get("/v1/models", headers={"Origin": "http://localhost:3000", "Authorization": ""})
+    assert r.status_code == 401 and "access-control-allow-origin" in r.headers
+
+
+def test_openapi_document_describes_answers_errors_and_the_bearer_key(client):
+    doc = client.get("/openapi.json").json()
+    assert doc["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "serve.api_key (or serve.admin_key)",
+    }
+    chat = doc["paths"]["/v1/chat/completions"]["post"]
+    assert chat["security"] == [{"bearer": []}] and "security" not in doc["paths"]["/health"]["get"]
+    assert {"200", "400", "401", "413", "503"} <= set(chat["responses"])
+    assert chat["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("ChatCompletionResponse")
+    assert "text/event-stream" in chat["responses"]["200"]["content"]
+    assert "403" in doc["paths"]["/v1/catalog/items"]["post"]["responses"]
 
 
 @pytest.fixture(scope="module")

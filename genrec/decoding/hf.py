@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genrec.decoding.beam_search import constrained_beam_search, left_pad
+from genrec.decoding.sampling import DistinctDraws, Sampling, constrained_sample
 from genrec.errors import InputError
 from genrec.exported import ExportedModel
 from genrec.prompts import PromptFormatter
@@ -97,6 +98,37 @@ class GenerativeRecommender:
             bar.update(stop - start)
         bar.close()
         return out
+
+    def sample(
+        self,
+        prompt: Sequence[int],
+        k: int,
+        sampling: Sampling,
+        *,
+        exclude: Iterable[int] | None = None,
+        allow: Iterable[int] | None = None,
+    ) -> list[Recommendation]:
+        """``k`` distinct items drawn for one prompt (token ids), listed by the draws' scores.
+
+        See :mod:`genrec.decoding.sampling`: each round draws ``2k`` IDs on the trie, and later
+        rounds exclude what was already drawn. Seeded draws repeat exactly.
+        """
+        generator = torch.Generator()
+        if sampling.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(sampling.seed)
+        ids, mask = left_pad([list(prompt)], self.pad_id)
+        allow_rows = None if allow is None else [list(allow)]
+        draws = DistinctDraws(k, exclude or ())
+        while not draws.done:
+            exclusion = self._exclusion([draws.excluded], allow_rows, 0, 1)
+            draws.add(
+                constrained_sample(
+                    self.model, ids, mask, self.trie, 2 * k, sampling, exclusion=exclusion, generator=generator
+                )[0]
+            )
+        return Recommendation.rows(self.catalog, draws.ranking())
 
     def _exclusion(self, exclude, allow, start: int, stop: int):
         """The trie exclusion of rows start..stop: their excluded rows plus everything outside their allow-list."""

@@ -4,7 +4,7 @@ Routes (all JSON; errors use OpenAI's ``{"error": {"message", "type", "param", "
 
 ``GET  /health``                 engine state (starting / ready / dead; 200 only when ready),
                                  catalog version and size (no API key needed)
-``GET  /v1/models``              the served model
+``GET  /v1/models``              the served model (``/v1/models/{id}``: one model, or 404)
 ``POST /v1/completions``         prompt (a history of semantic IDs, or any text) -> ``n`` choices,
                                  one valid item each, best first
 ``POST /v1/chat/completions``    a conversation -> one assistant message listing ``k`` items
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import signal
@@ -41,19 +42,31 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genrec.config import EngineConfig, ServeConfig
 from genrec.errors import GenrecError, InputError, NotReadyError
 from genrec.exported import is_exported
 from genrec.serving.engine import EngineSupervisor, HFEngine, RankingEngine, RecommendationEngine
-from genrec.serving.handlers import Handlers, ServerSettings
+from genrec.serving.handlers import Handlers, ServerSettings, chat_chunks, completion_chunks, sse
 from genrec.serving.protocol import (
+    CatalogState,
     ChatBody,
+    ChatCompletionResponse,
     CompletionBody,
+    CompletionResponse,
+    ErrorResponse,
+    Health,
+    ItemsAdded,
+    ItemsRemoved,
+    ModelCard,
+    ModelList,
     NewItemsBody,
     RecommendationBody,
+    RecommendationsResponse,
     RemoveItemsBody,
     error_body,
 )
@@ -61,6 +74,9 @@ from genrec.serving.protocol import (
 log = logging.getLogger(__name__)
 
 Backend = Literal["vllm", "hf"]
+
+#: routes that change the catalog: they need ``serve.admin_key`` when one is set
+ADMIN_PREFIX = "/v1/catalog/"
 
 #: exit status of a server whose engine died (uvicorn uses 3 for a failed start as well)
 ENGINE_DIED_EXIT = 3
@@ -78,6 +94,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     if first.get("type") == "json_invalid":
         return "the request body is not valid JSON: " + str(first.get("ctx", {}).get("error", "")).strip(), None
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    if first.get("type") == "extra_forbidden":
+        return f"unknown parameter {where!r}: see GET /docs for the parameters this server takes", where or None
     return f"{where or 'body'}: {first.get('msg', 'invalid request')}", where or None
 
 
@@ -138,16 +156,33 @@ class _Guard:
       the traceback again and closes the connection.)
     """
 
-    def __init__(self, app: Callable, api_key: str | None, max_body_bytes: int):
+    def __init__(self, app: Callable, api_key: str | None, max_body_bytes: int, admin_key: str | None = None):
         self.app = app
-        self.expected = f"Bearer {api_key}".encode() if api_key else None
+        self.user_key = f"Bearer {api_key}".encode() if api_key else None
+        self.admin_key = f"Bearer {admin_key}".encode() if admin_key else None
         self.max_body_bytes = max_body_bytes
 
-    def _authorized(self, scope: Scope) -> bool:
-        # /health stays open so load balancers and start-up scripts need no key
-        if self.expected is None or scope["path"] == "/health":
-            return True
-        return dict(scope["headers"]).get(b"authorization", b"") == self.expected
+    def _refusal(self, scope: Scope) -> tuple[int, str, str] | None:
+        """(status, message, code) when the request's key may not call its route, else None.
+
+        Keys are compared in constant time (``hmac.compare_digest``): a timing difference
+        would tell an attacker how many leading characters of a guess are right.
+        """
+        path = scope["path"]
+        if path == "/health":  # stays open: load balancers and start-up scripts need no key
+            return None
+        sent = dict(scope["headers"]).get(b"authorization", b"")
+        is_admin = self.admin_key is not None and hmac.compare_digest(sent, self.admin_key)
+        is_user = self.user_key is not None and hmac.compare_digest(sent, self.user_key)
+        if path.startswith(ADMIN_PREFIX) and self.admin_key is not None:
+            if is_admin:
+                return None
+            if is_user:
+                return 403, "the catalog routes need the admin key (serve.admin_key), not the API key", "admin_only"
+            return 401, "invalid or missing admin key: send `Authorization: Bearer <admin key>`", "invalid_api_key"
+        if self.user_key is None or is_user or is_admin:
+            return None
+        return 401, "invalid or missing API key: send `Authorization: Bearer <key>`", "invalid_api_key"
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
         """The whole body, or None when it is over the limit (or the client left)."""
@@ -170,9 +205,11 @@ class _Guard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if not self._authorized(scope):
-            message = "invalid or missing API key: send `Authorization: Bearer <key>`"
-            return await _answer(send, 401, error_body(message, 401, code="invalid_api_key"))
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            status, message, code = refusal
+            kind = "permission_error" if status == 403 else None
+            return await _answer(send, status, error_body(message, status, code=code, kind=kind))
         body = await self._read_body(scope, receive)
         if body is None:
             limit = self.max_body_bytes
@@ -219,40 +256,101 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 # -- routes and life cycle --------------------------------------------------------------------------
+#: the error answers every route may give, for the OpenAPI document
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": what}
+    for status, what in (
+        (400, "A bad request: the message names the parameter and the fix."),
+        (401, "A missing or wrong key."),
+        (413, "A body over serve.max_body_bytes."),
+        (503, "The engine is starting, dead or stopping: retry when /health answers 200."),
+    )
+}
+_ADMIN_ERRORS = {**_ERRORS, 403: {"model": ErrorResponse, "description": "The API key on an admin route."}}
+_MODEL_ERRORS = {**_ERRORS, 404: {"model": ErrorResponse, "description": "Not this server's model."}}
+_STREAMED = {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "With stream=true."}
+
+
+def _stream(chunks: list[dict]) -> StreamingResponse:
+    return StreamingResponse(iter(sse(chunks)), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
 def _add_routes(app: FastAPI, h: Handlers) -> None:
-    @app.get("/health")
+    @app.get("/health", response_model=Health, responses={503: {"model": Health, "description": "Not ready."}})
     async def health() -> JSONResponse:
         status, body = h.health()
         return JSONResponse(body, status_code=status)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
     async def models() -> dict:
         return h.models()
 
-    @app.post("/v1/completions")
-    async def completions(body: CompletionBody) -> dict:
-        return await h.completions(body)
+    @app.get(
+        "/v1/models/{model_id:path}",
+        response_model=ModelCard,
+        responses=_MODEL_ERRORS,
+    )
+    async def model(model_id: str) -> dict:
+        return h.model_card(model_id)
 
-    @app.post("/v1/chat/completions")
-    async def chat(body: ChatBody) -> dict:
-        return await h.chat(body)
+    @app.post("/v1/completions", response_model=CompletionResponse, responses={**_MODEL_ERRORS, 200: _STREAMED})
+    async def completions(body: CompletionBody) -> Any:
+        answer = await h.completions(body)
+        if body.stream:
+            return _stream(completion_chunks(answer, bool(body.stream_options and body.stream_options.include_usage)))
+        return answer
 
-    @app.post("/v1/recommendations")
+    @app.post(
+        "/v1/chat/completions", response_model=ChatCompletionResponse, responses={**_MODEL_ERRORS, 200: _STREAMED}
+    )
+    async def chat(body: ChatBody) -> Any:
+        answer = await h.chat(body)
+        if body.stream:
+            return _stream(chat_chunks(answer, bool(body.stream_options and body.stream_options.include_usage)))
+        return answer
+
+    @app.post("/v1/recommendations", response_model=RecommendationsResponse, responses=_ERRORS)
     async def recommendations(body: RecommendationBody) -> dict:
         return await h.recommendations(body)
 
     # plain `def`s: FastAPI runs them in a worker thread, so embedding new items does not stall decoding
-    @app.post("/v1/catalog/reload")
+    @app.post("/v1/catalog/reload", response_model=CatalogState, responses=_ADMIN_ERRORS)
     def reload() -> dict:
         return h.reload()
 
-    @app.post("/v1/catalog/items")
+    @app.post("/v1/catalog/items", response_model=ItemsAdded, responses=_ADMIN_ERRORS)
     def add(body: NewItemsBody) -> dict:
         return h.add_items(body)
 
-    @app.post("/v1/catalog/remove")
+    @app.post("/v1/catalog/remove", response_model=ItemsRemoved, responses=_ADMIN_ERRORS)
     def remove(body: RemoveItemsBody) -> dict:
         return h.remove_items(body)
+
+
+def _declare_security(app: FastAPI) -> None:
+    """The OpenAPI document declares the bearer keys (checked by :class:`_Guard`, not by FastAPI)."""
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            # bad bodies are answered 400 in OpenAI's error shape (see _install_error_handling), never
+            # with FastAPI's 422 that get_openapi lists for every route with a body
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    operation["responses"].pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "serve.api_key (or serve.admin_key)"}
+            }
+            for path, operations in schema["paths"].items():
+                if path != "/health":
+                    for operation in operations.values():
+                        operation["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _engine_died(app: FastAPI, reason: str) -> None:
@@ -285,13 +383,34 @@ def create_app(engine: RankingEngine, settings: ServerSettings) -> FastAPI:
             # stops vLLM's engine-core process too (a start still under way stops when it ends)
             engine.shutdown()
 
-    app = FastAPI(title="genrec", lifespan=lifespan)
+    app = FastAPI(title="genrec", version=_version(), lifespan=lifespan)
     app.state.exit_status = 0
     app.state.stop_server = None
     _install_error_handling(app)
-    app.add_middleware(_Guard, api_key=settings.api_key, max_body_bytes=settings.limits.max_body_bytes)
+    limits = settings.limits
+    app.add_middleware(
+        _Guard, api_key=settings.api_key, max_body_bytes=limits.max_body_bytes, admin_key=limits.admin_key
+    )
+    if limits.cors_origins:
+        # outside the guard: a browser's preflight carries no key, and refusals need CORS headers to be readable
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(limits.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     _add_routes(app, Handlers(engine, settings))
+    _declare_security(app)
     return app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("genrec")
+    except PackageNotFoundError:
+        return "0"
 
 
 def _locate(path: Path) -> tuple[Path | None, Path]:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from genrec.config import EngineConfig
 from genrec.decoding.conversation import TitleIndex, title_year
+from genrec.decoding.sampling import DistinctDraws, Sampling
 from genrec.errors import NotReadyError
 from genrec.exported import ExportedModel, read_settings
 from genrec.io import atomic_write_json
@@ -135,7 +136,10 @@ class RankingEngine(Protocol):
         exclude: Iterable[int] | None = None,
         allow: Iterable[int] | None = None,
         version: CatalogVersion | None = None,
-    ) -> tuple[CatalogVersion, Ranking]: ...
+        sampling: Sampling | None = None,
+    ) -> tuple[CatalogVersion, Ranking]:
+        """Top-``k`` (catalog row, score) by beam search, or ``k`` distinct items drawn with
+        ``sampling`` (then ``num_beams`` is unused), and the catalog version the rows refer to."""
 
 
 class VersionedCatalog:
@@ -365,6 +369,66 @@ class RecommendationEngine(VersionedCatalog):
                 # its CancelledError is expected: retrieved, so asyncio does not log it as lost
                 step.add_done_callback(lambda f: f.cancelled() or f.exception())
 
+    async def _draw(
+        self,
+        llm: Any,
+        prompt: list[int],
+        v: CatalogVersion,
+        k: int,
+        sampling: Sampling,
+        excluded: list[int],
+        allow: list[int] | None,
+        round_: int,
+    ) -> Ranking:
+        """One round of ``2k`` draws in ONE engine request (``n`` sequences share the prompt)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        from genrec.decoding.vllm_processor import XARGS_KEY
+
+        args: dict[str, Any] = {"trie": str(v.trie_dir), "version": v.version, "mode": "mask", "exclude": excluded}
+        if allow is not None:
+            args["allow"] = allow
+        params = SamplingParams(
+            n=2 * k,
+            max_tokens=v.trie.depth,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=None if sampling.seed is None else sampling.seed + round_,
+            logprobs=0,  # the drawn token's (processed) log-probability
+            extra_args={XARGS_KEY: args},
+            detokenize=False,
+        )
+        final = None
+        async for out in llm.generate(TokensPrompt(prompt_token_ids=prompt), params, request_id=uuid.uuid4().hex):
+            final = out
+        drawn = []
+        for seq in final.outputs:
+            tokens = list(seq.token_ids[: v.trie.depth])
+            item = v.trie.item_of(tokens)
+            if item is None:  # everything excluded: the processor ended the sequence early
+                continue
+            logprobs = seq.logprobs or []
+            drawn.append((item, sum(float(step[t].logprob) for step, t in zip(logprobs, tokens))))
+        return drawn
+
+    async def _sample(
+        self,
+        llm: Any,
+        prompt: list[int],
+        v: CatalogVersion,
+        k: int,
+        sampling: Sampling,
+        exclude: Iterable[int] | None,
+        allow: Iterable[int] | None,
+    ) -> Ranking:
+        allow_rows = None if allow is None else sorted({int(i) for i in allow})
+        draws = DistinctDraws(k, exclude or ())
+        while not draws.done:
+            round_ = self._draw(llm, prompt, v, k, sampling, draws.excluded, allow_rows, draws.rounds)
+            draws.add(await self._unless_dead(llm, asyncio.ensure_future(round_)))
+        return draws.ranking()
+
     async def rank(
         self,
         prompt: list[int],
@@ -373,6 +437,7 @@ class RecommendationEngine(VersionedCatalog):
         exclude: Iterable[int] | None = None,
         allow: Iterable[int] | None = None,
         version: CatalogVersion | None = None,
+        sampling: Sampling | None = None,
     ) -> tuple[CatalogVersion, Ranking]:
         """Top-``k`` (catalog row, score) for one prompt, and the catalog version the rows refer to."""
         from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDead
@@ -383,15 +448,17 @@ class RecommendationEngine(VersionedCatalog):
         llm, v = self.llm, version or self.current
         if llm is None:  # stopped since the check
             raise NotReadyError("the engine is stopped", "the server is shutting down; retry elsewhere")
-        search = ItemBeamSearch(
-            v.trie,
-            num_beams,
-            k,
-            exclude=exclude,
-            allow=allow,
-            base_xargs={"trie": str(v.trie_dir), "version": v.version},
-        )
         try:
+            if sampling is not None:
+                return v, await self._sample(llm, prompt, v, k, sampling, exclude, allow)
+            search = ItemBeamSearch(
+                v.trie,
+                num_beams,
+                k,
+                exclude=exclude,
+                allow=allow,
+                base_xargs={"trie": str(v.trie_dir), "version": v.version},
+            )
             while not search.done:
                 step = asyncio.gather(*[self._top_logprobs(llm, prompt, p, search) for p in search.requests()])
                 search.advance(await self._unless_dead(llm, step))
@@ -453,11 +520,14 @@ class HFEngine(VersionedCatalog):
         num_beams: int,
         exclude: Iterable[int] | None,
         allow: Iterable[int] | None,
+        sampling: Sampling | None,
     ) -> Ranking:
         from genrec.decoding.hf import GenerativeRecommender
 
         # the recommender itself (not a copy of its steps), so scores match `genrec recommend` bit for bit
         recommender = GenerativeRecommender(model, v.formatter, v.trie)
+        if sampling is not None:
+            return [(r.index, r.score) for r in recommender.sample(prompt, k, sampling, exclude=exclude, allow=allow)]
         rows = recommender.recommend(
             [],
             k,
@@ -476,6 +546,7 @@ class HFEngine(VersionedCatalog):
         exclude: Iterable[int] | None = None,
         allow: Iterable[int] | None = None,
         version: CatalogVersion | None = None,
+        sampling: Sampling | None = None,
     ) -> tuple[CatalogVersion, Ranking]:
         """Top-``k`` (catalog row, score) for one prompt, and the catalog version the rows refer to."""
         self.require_ready()
@@ -484,7 +555,7 @@ class HFEngine(VersionedCatalog):
             raise NotReadyError("the engine is stopped", "the server is shutting down; retry elsewhere")
         loop = asyncio.get_running_loop()
         ranked = await loop.run_in_executor(
-            self._decoder, self._rank_now, model, v, prompt, k, num_beams, exclude, allow
+            self._decoder, self._rank_now, model, v, prompt, k, num_beams, exclude, allow, sampling
         )
         return v, ranked
 

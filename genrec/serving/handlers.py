@@ -16,6 +16,7 @@ signals meanwhile. Sizes are bounded first (``serve.max_*``, 400 beyond).
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import threading
 import time
@@ -31,6 +32,7 @@ from genrec.decoding.conversation import (
     render_answer,
 )
 from genrec.config import ServeConfig
+from genrec.decoding.sampling import Sampling
 from genrec.recommender import Recommendation
 from genrec.serving.engine import CatalogVersion, Ranking, RankingEngine
 from genrec.serving.protocol import (
@@ -45,6 +47,54 @@ from genrec.serving.protocol import (
 
 #: semantic IDs written in a prompt (the items a user has seen, for ``exclude_seen``)
 _SID = re.compile(r"(?:<[a-z]_\d+>)+")
+
+#: OpenAI parameters genrec cannot honour, with the values that mean "not used" (accepted);
+#: any other value is refused with a 400 that says why
+_NEUTRAL: dict[str, tuple[tuple[Any, ...], str]] = {
+    "stop": ((None, "", []), "an answer is whole item IDs, which a stop sequence would cut"),
+    "presence_penalty": ((None, 0, 0.0), "items are ranked, not sampled token by token with penalties"),
+    "frequency_penalty": ((None, 0, 0.0), "items are ranked, not sampled token by token with penalties"),
+    "logit_bias": ((None, {}), "only catalog ID tokens can be generated; use filters to steer items"),
+    "echo": ((None, False), "the prompt is not repeated in the answer"),
+    "suffix": ((None, ""), "there is no text insertion: a completion is one item ID"),
+    "best_of": ((None, 1), "beam search already returns the best n items; use num_beams"),
+    "tools": ((None, []), "this model recommends items and calls no tools"),
+    "tool_choice": ((None, "none", "auto"), "this model recommends items and calls no tools"),
+}
+
+
+def sse(chunks: list[dict]) -> list[str]:
+    """Server-sent events for an answer's chunks, ended as OpenAI ends a stream."""
+    return [f"data: {json.dumps(c)}\n\n" for c in chunks] + ["data: [DONE]\n\n"]
+
+
+def completion_chunks(answer: dict, include_usage: bool) -> list[dict]:
+    """A finished completion as OpenAI's stream chunks: one per choice (items are known only at
+    the end of the search, so nothing is gained by streaming earlier), the items with the last."""
+    head = {k: answer[k] for k in ("id", "object", "created", "model")}
+    chunks = [{**head, "choices": [choice]} for choice in answer["choices"]] or [{**head, "choices": []}]
+    chunks[-1]["items"] = answer["items"]
+    if include_usage:
+        chunks.append({**head, "choices": [], "usage": answer["usage"]})
+    return chunks
+
+
+def chat_chunks(answer: dict, include_usage: bool) -> list[dict]:
+    """A finished chat answer as ``chat.completion.chunk`` deltas: role, content, finish."""
+    head = {k: answer[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+    choice = answer["choices"][0]
+
+    def chunk(delta: dict, finish: str | None, logprobs: dict | None = None) -> dict:
+        return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
+
+    chunks = [
+        chunk({"role": "assistant", "content": ""}, None),
+        chunk({"content": choice["message"]["content"]}, None, choice.get("logprobs")),
+        chunk({}, choice["finish_reason"]) | {"items": answer["items"], "understood": answer["understood"]},
+    ]
+    if include_usage:
+        chunks.append({**head, "choices": [], "usage": answer["usage"]})
+    return chunks
 
 
 @dataclass
@@ -68,6 +118,7 @@ class Plan:
     beams: int
     exclude: list[int]
     allow: list[int] | None
+    sampling: Sampling | None = None  # None: ranked by beam search
 
 
 # -- request pieces that need only a catalog version ------------------------------------------------
@@ -110,6 +161,62 @@ def excluded_rows(v: CatalogVersion, filters: Filters | None, base: set[int]) ->
     return sorted(exclude)
 
 
+def completion_logprobs(v: CatalogVersion, row: int, score: float, ranked: Ranking, top: int) -> dict:
+    """OpenAI's legacy logprobs for one choice: the item's ID is one "token", its score the logprob;
+    ``top`` > 0 adds the best ``top`` items of the ranking as the alternatives."""
+    alternatives = [{v.catalog.sid(r): round(s, 6) for r, s in ranked[:top]}] if top else None
+    return {
+        "tokens": [v.catalog.sid(row)],
+        "token_logprobs": [round(score, 6)],
+        "top_logprobs": alternatives,
+        "text_offset": [0],
+    }
+
+
+def chat_logprobs(v: CatalogVersion, ranked: Ranking, top: int) -> dict:
+    """Chat logprobs: one entry per listed item (its ID and score), with ``top`` alternative items."""
+
+    def entry(row: int, score: float) -> dict:
+        sid = v.catalog.sid(row)
+        return {"token": sid, "logprob": round(score, 6), "bytes": list(sid.encode())}
+
+    alternatives = [entry(r, s) for r, s in ranked[:top]]
+    return {"content": [{**entry(r, s), "top_logprobs": alternatives} for r, s in ranked], "refusal": None}
+
+
+def json_schema_of(body: ChatBody) -> dict | None:
+    """The schema a json_schema response must satisfy (None: none given), checked to be a schema."""
+    fmt = body.response_format
+    if fmt is None or fmt.type != "json_schema":
+        return None
+    if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+        raise ApiError(400, "response_format.json_schema.schema is required", param="response_format")
+    import jsonschema
+
+    try:
+        jsonschema.validators.validator_for(fmt.json_schema.schema_).check_schema(fmt.json_schema.schema_)
+    except jsonschema.SchemaError as exc:
+        raise ApiError(400, f"response_format.json_schema.schema is not a JSON schema: {exc.message}") from None
+    return fmt.json_schema.schema_
+
+
+def check_against(schema: dict | None, answer: dict) -> None:
+    """Refuse (400) a json_schema the answer's fixed shape does not fit, rather than break it."""
+    if schema is None:
+        return
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(answer))
+    if error is not None:
+        raise ApiError(
+            400,
+            'this server answers with {"items": [{"item_id", "sid", "title", "score"}, ...]}, which the '
+            f"response_format schema does not accept: {error.message}",
+            param="response_format",
+            code="unsupported_schema",
+        )
+
+
 class Handlers:
     """The routes' logic over one engine and the server's settings."""
 
@@ -135,11 +242,26 @@ class Handlers:
             )
 
     def check_openai_request(self, body: CompletionBody | ChatBody) -> None:
+        """The model name, and every OpenAI parameter genrec cannot honour left at its neutral value."""
         self.check_model(body.model)
-        if body.stream:
+        for name, (neutral, why) in _NEUTRAL.items():
+            value = getattr(body, name, None)
+            if value not in neutral:
+                raise ApiError(
+                    400, f"{name}={value!r} is not supported: {why}", param=name, code="unsupported_parameter"
+                )
+
+    def item_budget(self, max_tokens: int | None, v: CatalogVersion, param: str) -> int | None:
+        """How many items ``max_tokens`` pays for (None: no limit); every item costs its ID's tokens."""
+        if max_tokens is None:
+            return None
+        if max_tokens < v.catalog.depth:
             raise ApiError(
-                400, "streaming is not supported: items are ranked only when the search ends", param="stream"
+                400,
+                f"{param}={max_tokens} cannot hold one item: an item ID is {v.catalog.depth} tokens",
+                param=param,
             )
+        return max_tokens // v.catalog.depth
 
     def at_most(self, count: int, key: str, param: str, what: str) -> None:
         """Refuse a request part over the limit ``serve.<key>``."""
@@ -192,7 +314,13 @@ class Handlers:
         if plan.allow is not None and not plan.allow:
             return []  # the filters leave nothing to choose from: no search needed
         _, ranked = await self.engine.rank(
-            plan.prompt, plan.k, plan.beams, exclude=plan.exclude, allow=plan.allow, version=plan.v
+            plan.prompt,
+            plan.k,
+            plan.beams,
+            exclude=plan.exclude,
+            allow=plan.allow,
+            version=plan.v,
+            sampling=plan.sampling,
         )
         return ranked
 
@@ -224,19 +352,20 @@ class Handlers:
             body["error"] = self.engine.failure
         return (200 if state == "ready" else 503), body
 
-    def models(self) -> dict:
+    def model_card(self, name: str | None = None) -> dict:
+        """The served model (``GET /v1/models/{name}``: 404 for any other name)."""
+        if name is not None:
+            self.check_model(name)
         return {
-            "object": "list",
-            "data": [
-                {
-                    "id": self.settings.model_name,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "genrec",
-                    "max_beams": self.max_beams,
-                }
-            ],
+            "id": self.settings.model_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "genrec",
+            "max_beams": self.max_beams,
         }
+
+    def models(self) -> dict:
+        return {"object": "list", "data": [self.model_card()]}
 
     # -- completions --------------------------------------------------------------------------------
     def _completion_prompt(self, v: CatalogVersion, text: str) -> list[int]:
@@ -252,7 +381,7 @@ class Handlers:
             self.check_length(ids, v)
             seen = [r for r in (v.catalog.index_of_sid(s) for s in _SID.findall(text)) if r is not None]
             exclude = excluded_rows(v, body.filters, set(seen) if body.exclude_seen else set())
-            plans.append(Plan(v, ids, body.n, beams, exclude, allow_list(v, body.filters)))
+            plans.append(Plan(v, ids, body.n, beams, exclude, allow_list(v, body.filters), body.sampling))
         return plans
 
     async def completions(self, body: CompletionBody) -> dict:
@@ -268,12 +397,15 @@ class Handlers:
         beams = self.beams_for(body.n, body.num_beams, v, "n")
         if not prompts or not all(p.strip() for p in prompts):
             raise ApiError(400, "prompt is empty: send a history of semantic IDs or a request in text", param="prompt")
+        self.item_budget(body.max_tokens, v, "max_tokens")  # each choice is one item
         plans = await asyncio.to_thread(self._plan_completions, body, v, prompts, beams)
         choices, items = [], []
         for p_index, plan in enumerate(plans):
             ranked = await self._rank(plan)
-            for j, (row, _) in enumerate(ranked):
+            for j, (row, score) in enumerate(ranked):
                 choice = {"index": p_index * body.n + j, "text": v.catalog.sid(row), "logprobs": None}
+                if body.logprobs is not None:
+                    choice["logprobs"] = completion_logprobs(v, row, score, ranked, body.logprobs)
                 choices.append({**choice, "finish_reason": "stop"})
             items.append(items_of(v, ranked))
         out = self.envelope("text_completion", sum(len(p.prompt) for p in plans), len(choices) * v.catalog.depth)
@@ -281,7 +413,7 @@ class Handlers:
         return out
 
     # -- chat ---------------------------------------------------------------------------------------
-    def _plan_chat(self, body: ChatBody, v: CatalogVersion, beams: int) -> tuple[Plan, ChatRequest]:
+    def _plan_chat(self, body: ChatBody, v: CatalogVersion, k: int, beams: int) -> tuple[Plan, ChatRequest]:
         messages = [{"role": m.role, "content": m.text} for m in body.messages]
         req = read_conversation(messages, v.titles)
         exclude = excluded_rows(v, body.filters, set(req.exclude))
@@ -291,7 +423,7 @@ class Handlers:
         else:
             prompt = v.formatter.prompt_ids(req.last_user_text)
         self.check_length(prompt, v, "messages")
-        return Plan(v, prompt, body.k, beams, exclude, allow), req
+        return Plan(v, prompt, k, beams, exclude, allow, body.sampling), req
 
     async def chat(self, body: ChatBody) -> dict:
         """One assistant message listing ``k`` items, with what was understood from the conversation."""
@@ -307,14 +439,31 @@ class Handlers:
         self.engine.require_ready()
         v = self.engine.current
         beams = self.beams_for(body.k, body.num_beams, v, "k")
-        plan, req = await asyncio.to_thread(self._plan_chat, body, v, beams)
+        budget_param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+        budget = self.item_budget(
+            body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens, v, budget_param
+        )
+        k = body.k if budget is None else min(body.k, budget)
+        schema = json_schema_of(body)
+        plan, req = await asyncio.to_thread(self._plan_chat, body, v, k, beams)
         ranked = await self._rank(plan)
-        content = render_answer(v.catalog, [r for r, _ in ranked], req.liked, req.years)
+        items = items_of(v, ranked)
+        if body.response_format is not None and body.response_format.type != "text":
+            content = json.dumps({"items": items})
+            check_against(schema, {"items": items})
+        else:
+            content = render_answer(v.catalog, [r for r, _ in ranked], req.liked, req.years)
         out = self.envelope("chat.completion", len(plan.prompt), len(ranked) * v.catalog.depth)
         ids = v.catalog.item_ids
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "logprobs": chat_logprobs(v, ranked, body.top_logprobs or 0) if body.logprobs else None,
+            "finish_reason": "length" if k < body.k else "stop",
+        }
         out.update(
-            choices=[{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            items=items_of(v, ranked),
+            choices=[choice],
+            items=items,
             understood={
                 "liked": [ids[r] for r in req.liked],
                 "rejected": [ids[r] for r in req.rejected],

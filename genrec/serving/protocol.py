@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from genrec.decoding.conversation import message_text
+from genrec.decoding.sampling import Sampling
 from genrec.errors import GenrecError
 
 #: the roles OpenAI's chat API defines; anything else is refused rather than silently dropped
@@ -68,9 +69,45 @@ class ApiError(GenrecError):
 
 
 # -- request bodies ---------------------------------------------------------------------------------
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = Field(False, description="Send a last chunk with the token usage.")
+
+
 class _OpenAIBody(BaseModel):
-    # unknown fields are allowed: OpenAI clients send many (temperature, user, ...) that ranking ignores
-    model_config = ConfigDict(extra="allow")
+    """What OpenAI's completion and chat bodies share, as genrec honours it.
+
+    Every parameter a client may send is either honoured or refused with a 400 that names it
+    (unknown fields too): a silently ignored ``stop`` or ``logit_bias`` would give answers the
+    client did not ask for. ``user`` is accepted and ignored (it only tags abuse reports).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    stream: bool = Field(False, description="Answer as server-sent events (the answer once ranked, then [DONE]).")
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(
+        None, ge=0, le=2, description="Absent or 0: ranked by beam search. Above 0: items drawn on the trie."
+    )
+    top_p: float | None = Field(
+        None, gt=0, le=1, description="Nucleus cut for drawing; below 1 without a temperature draws at 1."
+    )
+    seed: int | None = Field(None, description="Makes a draw reproducible (ranking is deterministic anyway).")
+    max_tokens: int | None = Field(None, ge=1, description="Token budget: one item costs the ID length in tokens.")
+    user: str | None = Field(None, description="Accepted and ignored.")
+    # accepted only at their neutral values (see Handlers.check_openai_request)
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+
+    @property
+    def sampling(self) -> Sampling | None:
+        """The draw this body asks for, or None for the ranked list."""
+        t, p = self.temperature, self.top_p
+        if (t is None and (p is None or p >= 1)) or t == 0:
+            return None
+        return Sampling(temperature=1.0 if t is None else t, top_p=1.0 if p is None else p, seed=self.seed)
 
 
 class Filters(BaseModel):
@@ -84,13 +121,34 @@ class Filters(BaseModel):
 
 
 class CompletionBody(_OpenAIBody):
-    model: str
     prompt: str | list[str]
     n: int = Field(1, description="Items (choices) per prompt, best first.")
     num_beams: int | None = Field(None, description="Beam width (default: the run's, at least n).")
     exclude_seen: bool = Field(False, description="Never return items whose IDs appear in the prompt.")
     filters: Filters | None = None
-    stream: bool = False
+    logprobs: int | None = Field(
+        None, ge=0, le=20, description="Return each item's score; above 0 also the top alternative items."
+    )
+    # accepted only at their neutral values
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``text`` (default), or the items as a JSON object in the message content."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class ChatMessage(BaseModel):
@@ -121,13 +179,19 @@ class ChatMessage(BaseModel):
 
 
 class ChatBody(_OpenAIBody):
-    model: str
     messages: list[ChatMessage]
     n: int = Field(1, description="Must be 1; ask for more items with k.")
     k: int = Field(5, description="Items listed in the answer.")
     num_beams: int | None = None
     filters: Filters | None = None
-    stream: bool = False
+    max_completion_tokens: int | None = Field(None, ge=1, description="As max_tokens (OpenAI's newer name).")
+    logprobs: bool = Field(False, description="Return each listed item's score under choices[0].logprobs.")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="Alternative items per listed item.")
+    response_format: ResponseFormat | None = None
+    # accepted only at their neutral values
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class RecommendationBody(BaseModel):
@@ -194,3 +258,165 @@ class NewItemsBody(BaseModel):
 class RemoveItemsBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     item_ids: list[str]
+
+
+# -- response bodies (documented in the OpenAPI schema; routes answer through them) ----------------
+class Item(BaseModel):
+    """An item in an answer: the catalog's id and title, its semantic ID, its score."""
+
+    item_id: str
+    sid: str = Field(..., description="The semantic ID, e.g. <a_12><b_7><c_201>.")
+    title: str
+    score: float = Field(
+        ...,
+        description="Ranked: the sum of the ID tokens' log-probabilities. "
+        "Drawn (temperature > 0): the log-probability of the draw.",
+    )
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy completion logprobs, per item: the ID is one "token", its score the logprob."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str = Field(..., description="The item's semantic ID.")
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    items: list[Item] | list[list[Item]] = Field(
+        ..., description="The items of the choices; a list per prompt when several prompts were sent."
+    )
+
+
+class TopLogprob(BaseModel):
+    token: str = Field(..., description="An item's semantic ID.")
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None = Field(None, description="One entry per listed item, in order.")
+    refusal: None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class YearBounds(BaseModel):
+    min: int | None
+    max: int | None
+
+
+class Understood(BaseModel):
+    """What the server read from the conversation."""
+
+    liked: list[str] = Field(..., description="Item ids resolved from titles the user liked.")
+    rejected: list[str] = Field(..., description="Item ids the user turned down (excluded).")
+    excluded: int = Field(..., description="How many items the answer was kept from.")
+    years: YearBounds | None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    items: list[Item]
+    understood: Understood
+
+
+class RecommendationsResponse(BaseModel):
+    object: Literal["recommendations"]
+    model: str
+    catalog_version: int
+    items: list[Item]
+    unknown_item_ids: list[str]
+    used_history: list[str]
+    prompt: Literal["history", "text"]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    max_beams: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["starting", "ready", "dead", "stopped"]
+    model: str
+    catalog_version: int
+    items: int
+    error: str | None = None
+
+
+class CatalogState(BaseModel):
+    catalog_version: int = Field(..., description="The first catalog version that holds the edit.")
+    items: int
+
+
+class AddedItem(BaseModel):
+    item_id: str
+    sid: str
+
+
+class ItemsAdded(CatalogState):
+    added: list[AddedItem]
+
+
+class ItemsRemoved(CatalogState):
+    removed: list[str]
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error body."""
+
+    error: ErrorInfo
