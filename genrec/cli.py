@@ -287,6 +287,11 @@ def serve(
     api_key: Optional[str] = typer.Option(
         None, envvar="GENREC_API_KEY", help="Require `Authorization: Bearer KEY` (env GENREC_API_KEY)."
     ),
+    admin_key: Optional[str] = typer.Option(
+        None,
+        envvar="GENREC_ADMIN_KEY",
+        help="Key for the catalog routes, which the API key then cannot use (env GENREC_ADMIN_KEY).",
+    ),
     model_name: Optional[str] = typer.Option(None, help="Model id clients use (default: the run folder's name)."),
     max_beams: Optional[int] = typer.Option(
         None, help="Largest k / n / beam width a request may ask for (default: engine.max_beams)."
@@ -309,11 +314,54 @@ def serve(
     from genrec.serving.app import serve as run_server
 
     cfg = _run_config(run if (run / "config.yaml").is_file() else run.parent)
-    given = {"host": host, "port": port, "api_key": api_key, "model_name": model_name, "num_beams": num_beams}
+    given = {
+        "host": host,
+        "port": port,
+        "api_key": api_key,
+        "admin_key": admin_key,
+        "model_name": model_name,
+        "num_beams": num_beams,
+    }
     serve_cfg = dataclasses.replace(cfg.serve, **{k: v for k, v in given.items() if v is not None})
     given = {"max_beams": max_beams, "dtype": dtype, "max_model_len": max_model_len}
     engine_cfg = dataclasses.replace(cfg.engine, **{k: v for k, v in given.items() if v is not None})
     run_server(run, serve_cfg, engine_cfg, backend=backend)
+
+
+@app.command("vllm-command")
+def vllm_command(
+    run: Path = typer.Argument(..., help="Run folder with an exported model (or the RUN/model folder)."),
+    host: Optional[str] = typer.Option(None, help="Address to bind (default: serve.host, 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="TCP port (default: serve.port, 8000)."),
+    model_name: Optional[str] = typer.Option(None, help="Model id clients use (default: the run folder's name)."),
+) -> None:
+    """Print the command that serves RUN with vLLM's own OpenAI server and genrec's logits processor.
+
+    The engine flags are the ones `genrec serve` uses (the run's `engine` section). Requests switch the
+    processor on with `vllm_xargs` (see docs/decoding-and-serving.md).
+    """
+    import shlex
+
+    from genrec.decoding.vllm_backend import server_command
+    from genrec.exported import is_exported
+
+    if is_exported(run / "model"):
+        run_dir, model_dir = run, run / "model"
+    elif is_exported(run):  # a bare RUN/model folder: named after its run, as `genrec serve` does
+        run_dir, model_dir = (run.parent if (run.parent / "tokenize").is_dir() else run), run
+    else:
+        raise InputError(f"{run} holds no exported genrec model", "pass a run folder after `genrec train`")
+    cfg = _run_config(run_dir)
+    env, argv = server_command(
+        cfg.engine,
+        model_dir.resolve(),
+        host=host or cfg.serve.host,
+        port=port or cfg.serve.port,
+        served_model_name=model_name or cfg.serve.model_name or run_dir.resolve().name,
+        python=sys.executable,
+    )
+    words = [f"{k}={shlex.quote(v)}" for k, v in env.items()] + [shlex.quote(a) for a in argv]
+    typer.echo(" ".join(words))
 
 
 baseline_app = typer.Typer(no_args_is_help=True, help="Baselines in the same harness (splits, metrics).")

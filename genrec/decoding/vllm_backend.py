@@ -68,6 +68,42 @@ def processor_entry_point_installed() -> bool:
     return any(ep.value.endswith(":TrieLogitsProcessor") for ep in entry_points(group="vllm.logits_processors"))
 
 
+#: vLLM's own OpenAI-compatible server (``vllm serve`` runs the same module)
+VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+def server_command(
+    settings: EngineConfig,
+    model_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    served_model_name: str | None = None,
+    python: str = "python",
+) -> tuple[dict[str, str], list[str]]:
+    """Environment and argv that start vLLM's own OpenAI server on the engine genrec would start.
+
+    Every :func:`engine_kwargs` key becomes the engine flag of the same name (``block_size`` ->
+    ``--block-size 32``, ``enforce_eager=True`` -> ``--enforce-eager``), so the stock server's
+    engine has genrec's block size, context length, dtype, log-prob mode and processor.
+    """
+    kwargs = engine_kwargs(settings, model_dir)
+    if kwargs["tokenizer"] == kwargs["model"]:
+        del kwargs["tokenizer"]  # vLLM's default
+    argv = [python, "-m", VLLM_SERVER_MODULE]
+    for key, value in kwargs.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, list):  # logits processors: empty when the entry point loads ours
+            argv += [flag, *(f"{v.__module__}:{v.__qualname__}" for v in value)] if value else []
+        elif value is not None:
+            argv += [flag, str(value)]
+    if served_model_name:
+        argv += ["--served-model-name", served_model_name]
+    argv += ["--host", host, "--port", str(port)]
+    return {"VLLM_CPU_KVCACHE_SPACE": os.environ["VLLM_CPU_KVCACHE_SPACE"]}, argv
+
+
 class ItemBeamSearch:
     """Fixed-depth beam search over the item trie for one prompt, with no I/O.
 

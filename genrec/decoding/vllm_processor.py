@@ -5,8 +5,11 @@ It is registered when the engine starts (``LLM(logits_processors=[TrieLogitsProc
 ``vllm.logits_processors`` entry point this package declares) and stays inert for
 requests that do not ask for it, so one engine can serve free text and item IDs.
 
-A request switches it on with ``SamplingParams.extra_args["genrec"]`` (``vllm_xargs``
-over HTTP), a dict with:
+A request switches it on with ``SamplingParams.extra_args["genrec"]``, a dict with the keys
+below (all optional: ``{}`` asks for valid items from the served model's catalog). Over
+HTTP, vLLM's own OpenAI server passes ``vllm_xargs`` on as ``extra_args`` but accepts only
+flat string, number or list values there, so the same object goes as a JSON string,
+``"vllm_xargs": {"genrec": json.dumps({"exclude": [3, 17]})}`` (``""`` is the same as ``"{}"``).
 
 ``trie``          folder holding ``trie.npz`` (default: the served model's folder).
 ``version``       any value that changes when that file is rewritten; the processor reloads
@@ -14,9 +17,11 @@ over HTTP), a dict with:
 ``prefix_len``    how many trailing *prompt* tokens are already part of the ID (the beam
                   prefix when a client drives its own beam search); 0 for free generation.
 ``exclude``       catalog rows never to emit (seen, rejected).
-``allow``         catalog rows to choose from only (a category, a year range).
-``mode``          ``"mask"`` (default): every token off the trie gets ``-inf``, so greedy,
-                  sampling and vLLM's beam search can only spell valid items, and once an ID
+``allow``         catalog rows to choose from only (a category, a year range). Rows of either
+                  list that are not in the trie's catalog are ignored.
+``mode``          ``"mask"`` (default): every token off the trie gets ``-inf``, so greedy and
+                  sampling can only spell valid items (vLLM's own beam search passes no
+                  per-request arguments, so it is not constrained), and once an ID
                   is complete only end-of-sequence remains. ``"score"``: the same mask plus one
                   *sink* token that carries the log-sum-exp of all masked-out logits, so the
                   processed log-probabilities of the allowed tokens equal the model's raw
@@ -30,6 +35,7 @@ is still allowed), never by filtering finished items.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +76,10 @@ def sink_token_id(trie: ItemTrie) -> int:
 def check_xargs(args: Any) -> dict:
     """Validate a request's ``extra_args["genrec"]``; raises ValueError (HTTP 400 in vLLM)."""
     if not isinstance(args, dict):
-        raise ValueError(f"extra_args[{XARGS_KEY!r}] must be an object, got {type(args).__name__}")
+        raise ValueError(
+            f"extra_args[{XARGS_KEY!r}] must be an object (over HTTP: vllm_xargs "
+            f'{{"{XARGS_KEY}": "<a JSON object as a string>"}}), got {type(args).__name__}'
+        )
     unknown = set(args) - {"trie", "version", "prefix_len", "exclude", "allow", "mode"}
     if unknown:
         raise ValueError(
@@ -78,13 +87,36 @@ def check_xargs(args: Any) -> dict:
         )
     if args.get("mode", "mask") not in MODES:
         raise ValueError(f"genrec mode must be one of {MODES}, got {args.get('mode')!r}")
-    if not isinstance(args.get("prefix_len", 0), int) or args.get("prefix_len", 0) < 0:
+    prefix_len = args.get("prefix_len", 0)
+    if not isinstance(prefix_len, int) or isinstance(prefix_len, bool) or prefix_len < 0:
         raise ValueError("genrec prefix_len must be a non-negative integer")
     for key in ("exclude", "allow"):
         value = args.get(key)
-        if value is not None and (not isinstance(value, (list, tuple)) or not all(isinstance(v, int) for v in value)):
-            raise ValueError(f"genrec {key} must be a list of catalog row numbers")
+        if value is not None and (
+            not isinstance(value, (list, tuple))
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+        ):
+            raise ValueError(f"genrec {key} must be a list of catalog row numbers (integers >= 0)")
+    if args.get("trie") is not None and not isinstance(args["trie"], (str, os.PathLike)):
+        raise ValueError("genrec trie must be a folder path")
     return args
+
+
+def request_xargs(extra_args: dict | None) -> dict | None:
+    """The checked genrec arguments of a request's ``extra_args``; None when it does not ask for them.
+
+    ``extra_args["genrec"]`` is a dict, or the same object as a JSON string (``vllm_xargs`` of
+    vLLM's HTTP server takes no nested objects); an empty string means ``{}``.
+    """
+    args = (extra_args or {}).get(XARGS_KEY)
+    if args is None:
+        return None
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError as e:
+            raise ValueError(f"vllm_xargs[{XARGS_KEY!r}] must be a JSON object, as a string: {e}") from None
+    return check_xargs(args)
 
 
 @dataclass
@@ -117,9 +149,10 @@ class TrieLogitsProcessor(LogitsProcessor):
 
     @classmethod
     def validate_params(cls, sampling_params) -> None:
-        extra = getattr(sampling_params, "extra_args", None) or {}
-        if XARGS_KEY in extra:
-            check_xargs(extra[XARGS_KEY])
+        args = request_xargs(getattr(sampling_params, "extra_args", None))
+        # checked here, in the front end: a missing trie found in the engine process would end the engine
+        if args and args.get("trie") and not (Path(args["trie"]) / TRIE_FILE).is_file():
+            raise ValueError(f"genrec trie: no {TRIE_FILE} in {args['trie']}")
 
     def is_argmax_invariant(self) -> bool:
         return False  # it changes which token is best
@@ -137,20 +170,21 @@ class TrieLogitsProcessor(LogitsProcessor):
         return cached[1], cached[2]
 
     def _new_row(self, params, prompt_ids: list[int] | None, output_ids: list[int]) -> _Row | None:
-        extra = getattr(params, "extra_args", None) or {}
-        args = extra.get(XARGS_KEY)
+        args = request_xargs(getattr(params, "extra_args", None))
         if args is None:
             return None
         folder = os.fspath(args.get("trie") or self.model_dir)
         trie, sink = self._trie(folder, args.get("version"))
+        # rows beyond this catalog (an item removed since) are ignored: raising here would end the engine
+        exclude = [r for r in args.get("exclude") or () if r < trie.n_items]
         exclusion = None
         if args.get("allow") is not None:
-            allowed = np.asarray(args["allow"], dtype=np.int64)
-            if args.get("exclude"):
-                allowed = np.setdiff1d(allowed, np.asarray(args["exclude"], dtype=np.int64))
+            allowed = np.asarray([r for r in args["allow"] if r < trie.n_items], dtype=np.int64)
+            if exclude:
+                allowed = np.setdiff1d(allowed, np.asarray(exclude, dtype=np.int64))
             exclusion = trie.allow_only([allowed])
-        elif args.get("exclude"):
-            exclusion = trie.exclusion([args["exclude"]])
+        elif exclude:
+            exclusion = trie.exclusion([exclude])
         n = int(args.get("prefix_len", 0))
         prefix = list(prompt_ids[len(prompt_ids) - n :]) if (n and prompt_ids) else []
         return _Row(trie, exclusion, args.get("mode", "mask"), prefix, output_ids, sink, self.eos)
