@@ -161,7 +161,9 @@ def constrained_beam_search(
     B, nb = input_ids.shape[0], num_beams
     with _timed(timings, "prefill", device):
         logits, cache, attention_mask, next_position = _prefill(model, input_ids, attention_mask, trie, nb)
-    vocab = logits.shape[-1]
+    # only ID tokens can be chosen: scores, masks and the top-k cover their span, not the vocabulary
+    lo, hi = trie.token_span
+    width = hi - lo
     row_of_beam = torch.arange(B).repeat_interleave(nb)  # on CPU, like the trie
     row_offset = (torch.arange(B, device=device) * nb).unsqueeze(1)
     nodes = torch.zeros(B * nb, dtype=torch.long)  # every beam at the root
@@ -171,16 +173,18 @@ def constrained_beam_search(
     beam_scores[:, 0] = 0.0
     with _timed(timings, "decode", device):
         for step in range(trie.depth):
-            # float32: bf16 log-probs would round away the differences that rank items
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            # float32: bf16 log-probs would round away the differences that rank items. The
+            # log-softmax over the whole vocabulary, taken at the ID tokens only
+            full = logits.float()
+            logprobs = full[:, lo:hi] - torch.logsumexp(full, dim=-1, keepdim=True)
             with _timed(timings, "mask", device):
-                allowed = trie.allowed_mask(nodes, exclusion, rows=row_of_beam, vocab_size=vocab).to(device)
-                logprobs = logprobs.masked_fill(~allowed, float("-inf"))
+                allowed = trie.allowed_mask(nodes, exclusion, rows=row_of_beam, vocab_size=hi, offset=lo)
+                logprobs = logprobs.masked_fill(~allowed.to(device), float("-inf"))
             # best num_beams continuations per row over (beam x token)
-            candidates = (logprobs + beam_scores.view(-1, 1)).view(B, nb * vocab)
+            candidates = (logprobs + beam_scores.view(-1, 1)).view(B, nb * width)
             beam_scores, flat = candidates.topk(nb, dim=1)
-            parent = (flat // vocab + row_offset).view(-1)
-            tokens = (flat % vocab).view(-1)
+            parent = (flat // width + row_offset).view(-1)
+            tokens = (flat % width + lo).view(-1)
             # dead candidates (-inf) may carry a token that happens to be a trie edge: keep them off the trie
             nodes = trie.step(nodes[parent.cpu()], tokens.cpu())
             nodes[torch.isinf(beam_scores).view(-1).cpu()] = -1

@@ -81,6 +81,12 @@ class ItemTrie:
         self.leaf_item = torch.full((n_nodes,), -1, dtype=torch.long)
         self.leaf_item[path_nodes[:, -1]] = torch.arange(self.n_items)
 
+    @property
+    def token_span(self) -> tuple[int, int]:
+        """(lo, hi): every ID token id is in ``range(lo, hi)`` (the codes are added to the
+        vocabulary in one block, so the span is narrow)."""
+        return int(self.sequences.min()), int(self.sequences.max()) + 1
+
     # -- single-sequence helpers (also what `prefix_allowed_tokens_fn` needs) ---------------
     def node_of(self, prefix: Sequence[int]) -> int:
         """Node reached by a token prefix, or -1 if the prefix leads to no item."""
@@ -123,16 +129,19 @@ class ItemTrie:
         exclusion: "Exclusion | None" = None,
         rows: torch.Tensor | None = None,
         vocab_size: int | None = None,
+        offset: int = 0,
     ) -> torch.Tensor:
-        """Boolean (len(nodes), vocab) mask of the tokens each beam may take next.
+        """Boolean (len(nodes), vocab - offset) mask of the tokens each beam may take next.
 
         Args:
             nodes: (B,) node id per beam (-1 rows get an all-False mask).
             exclusion: items excluded per request row (see :meth:`exclusion`).
             rows: (B,) request row of each beam, indexing ``exclusion``; required with it.
-            vocab_size: width of the mask (the model's logits may be wider than the trie's vocab).
+            vocab_size: end of the mask (the model's logits may be wider than the trie's vocab).
+            offset: the token id of the mask's first column (see :attr:`token_span`): a mask over
+                the ID tokens only, ``vocab_size=hi, offset=lo``, is far narrower than the vocabulary.
         """
-        width = vocab_size or self.vocab_size
+        width = (vocab_size or self.vocab_size) - offset
         nodes = nodes.to(torch.long)
         B = nodes.shape[0]
         valid = nodes >= 0
@@ -149,7 +158,7 @@ class ItemTrie:
             alive = exclusion.alive(rows.to(torch.long)[beam], self.edge_child[edges], self.leaf_count)
             beam, tokens = beam[alive], tokens[alive]
         mask = torch.zeros(B, width, dtype=torch.bool)
-        mask[beam, tokens] = True
+        mask[beam, tokens - offset] = True
         return mask
 
     def exclusion(self, excluded: Sequence[Sequence[int]]) -> "Exclusion":
