@@ -303,7 +303,11 @@ def serve(
     max_model_len: Optional[int] = typer.Option(
         None, help="Longest prompt + ID in tokens (default: engine.max_model_len)."
     ),
-    backend: str = typer.Option("vllm", help="vllm (an AsyncLLM engine) or hf (transformers, no vLLM)."),
+    backend: str = typer.Option(
+        "auto",
+        help="auto (vllm on CUDA, hf on CPUs: faster there), vllm (an AsyncLLM engine) or hf "
+        "(transformers; batches concurrent requests).",
+    ),
 ) -> None:
     """OpenAI-compatible server: completions, chat, /v1/recommendations, catalog edits.
 

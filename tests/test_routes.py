@@ -96,6 +96,26 @@ def test_hf_engine_scores_equal_the_generative_recommender(trained_demo_run, hf)
     assert not engine.ready
 
 
+def test_hf_engine_decodes_concurrent_searches_together_with_the_same_items(trained_demo_run, hf):
+    """Searches that arrive while one decodes form the next batch; each keeps its own items."""
+    engine = HFEngine(trained_demo_run / "model")
+    engine.start()
+    histories = [[10, 200, 30], [5, 6], [700, 701, 702, 703], [42]] * 3
+    prompts = [hf.formatter.next_item_prompt(h) for h in histories]
+
+    async def all_at_once():
+        return await asyncio.gather(*[engine.rank(p, 5, 10, exclude=h) for p, h in zip(prompts, histories)])
+
+    got = asyncio.run(all_at_once())
+    assert engine.searches == len(histories) and engine.batches < len(histories)
+    for (_, ranked), h in zip(got, histories):
+        want = {w.index: w.score for w in hf.recommend([h], k=5, num_beams=10, exclude=[h])[0]}
+        # left padding in a batch changes fp32 sums in the last digits: equal up to near-ties
+        assert len(set(dict(ranked)) & set(want)) >= 4 and not set(dict(ranked)) & set(h)
+        assert all(abs(s - want[i]) < 1e-4 for i, s in ranked if i in want)
+    engine.shutdown()
+
+
 def test_completions_return_n_valid_ranked_items_like_hf(client, hf):
     r = client.get("/v1/models")
     assert [m["id"] for m in r.json()["data"]] == ["demo"]

@@ -46,6 +46,8 @@ def server(trained_demo_run, tmp_path_factory):
                 "genrec.cli",
                 "serve",
                 str(run),
+                "--backend",
+                "vllm",
                 "--port",
                 str(port),
                 "--api-key",
@@ -113,6 +115,22 @@ def test_completions_return_n_valid_ranked_items_like_hf(server, client, trained
     seen_prompt = hf.formatter.next_item_text([hf.catalog.index(items[0]["item_id"])])
     r = client.completions.create(model="demo", prompt=seen_prompt, n=10, extra_body={"exclude_seen": True})
     assert items[0]["sid"] not in [c.text for c in r.choices] and len(r.choices) == 10
+
+
+def test_temperature_draws_distinct_valid_items_on_the_vllm_engine(server, client, trained_demo_run):
+    """Sampling mode on vLLM: one engine request with n sequences per round, masked to the trie."""
+    hf = GenerativeRecommender.from_folder(trained_demo_run / "model")
+    text = hf.formatter.next_item_text([10, 200, 30])
+    body = {"model": "demo", "prompt": text, "n": 8, "temperature": 1.0, "seed": 5}
+    first, again = (_post(server, "/v1/completions", body).json() for _ in range(2))
+    ids = [i["item_id"] for i in first["items"]]
+    assert len(set(ids)) == 8 and all(hf.catalog.get_index(i) is not None for i in ids)
+    assert ids == [i["item_id"] for i in again["items"]]  # seeded
+    scores = [i["score"] for i in first["items"]]
+    assert scores == sorted(scores, reverse=True) and all(s <= 0 for s in scores)
+    filters = {"item_ids": ids[:5], "exclude_item_ids": ids[:1]}
+    r = _post(server, "/v1/completions", {**body, "n": 4, "filters": filters}).json()
+    assert sorted(i["item_id"] for i in r["items"]) == sorted(ids[1:5])
 
 
 def test_chat_exclusions_and_years_apply_inside_the_vllm_engine(server, client):

@@ -323,7 +323,19 @@ def test_a_killed_vllm_engine_core_makes_the_server_answer_503_and_exit(trained_
     port, base = _free_port(), None
     with open(run / "server.log", "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "genrec.cli", "serve", str(run), "--port", str(port), "--max-beams", "30"],
+            [
+                sys.executable,
+                "-m",
+                "genrec.cli",
+                "serve",
+                str(run),
+                "--backend",
+                "vllm",
+                "--port",
+                str(port),
+                "--max-beams",
+                "30",
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "GENREC_API_KEY": KEY},

@@ -73,7 +73,25 @@ from genrec.serving.protocol import (
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["vllm", "hf"]
+Backend = Literal["auto", "vllm", "hf"]
+
+
+def resolve_backend(backend: Backend) -> Literal["vllm", "hf"]:
+    """``auto``: vLLM on a CUDA machine, the HF engine on CPUs.
+
+    On CPUs the HF engine is the faster server: it prefills a prompt once and decodes every
+    beam of every in-flight request together, while the vLLM path sends one engine request
+    per beam per ID token, and each recomputes the prompt's last partial KV block
+    (docs/benchmarks.md: 3-4x the throughput at 16 clients, latency at the compute floor).
+    """
+    if backend not in ("auto", "vllm", "hf"):
+        raise InputError(f"unknown backend {backend!r}", "use --backend auto, vllm or hf")
+    if backend != "auto":
+        return backend
+    import torch
+
+    return "vllm" if torch.cuda.is_available() else "hf"
+
 
 #: routes that change the catalog: they need ``serve.admin_key`` when one is set
 ADMIN_PREFIX = "/v1/catalog/"
@@ -425,7 +443,7 @@ def _locate(path: Path) -> tuple[Path | None, Path]:
 
 
 def build_app(
-    path: str | Path, config: ServeConfig | None = None, engine: EngineConfig | None = None, backend: Backend = "vllm"
+    path: str | Path, config: ServeConfig | None = None, engine: EngineConfig | None = None, backend: Backend = "auto"
 ) -> FastAPI:
     """The app `genrec serve` runs for RUN (a run folder with RUN/model) or a bare exported model folder.
 
@@ -437,12 +455,13 @@ def build_app(
     run, model_dir = _locate(Path(path))
     settings = engine or EngineConfig()
     state_dir = (run or model_dir) / "serve"
+    backend = resolve_backend(backend)
     if backend == "vllm":
         ranking: RecommendationEngine | HFEngine = RecommendationEngine(model_dir, state_dir, settings)
     elif backend == "hf":
         ranking = HFEngine(model_dir, settings, state_dir)
     else:
-        raise InputError(f"unknown backend {backend!r}", "use --backend vllm or --backend hf")
+        raise AssertionError(backend)  # resolve_backend refused it
     beams = config.num_beams or int(ranking.prompt_settings.get("num_beams") or 20)
     name = config.model_name or (run or model_dir).resolve().name
     server = ServerSettings(name, run, config.api_key, min(beams, settings.max_beams), limits=config)
@@ -491,7 +510,7 @@ def serve_app(app: FastAPI, config: ServeConfig | None = None) -> int:
 
 
 def serve(
-    path: str | Path, config: ServeConfig | None = None, engine: EngineConfig | None = None, backend: Backend = "vllm"
+    path: str | Path, config: ServeConfig | None = None, engine: EngineConfig | None = None, backend: Backend = "auto"
 ) -> None:
     """Run the server (blocking) for RUN or a bare exported model folder.
 

@@ -29,11 +29,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import queue
 import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -383,6 +383,7 @@ class RecommendationEngine(VersionedCatalog):
         """One round of ``2k`` draws in ONE engine request (``n`` sequences share the prompt)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
         from genrec.decoding.vllm_processor import XARGS_KEY
 
@@ -398,6 +399,9 @@ class RecommendationEngine(VersionedCatalog):
             logprobs=0,  # the drawn token's (processed) log-probability
             extra_args={XARGS_KEY: args},
             detokenize=False,
+            # one answer holding all n sequences (streamed answers of an n>1 request each hold only
+            # the sequences that changed in that step)
+            output_kind=RequestOutputKind.FINAL_ONLY,
         )
         final = None
         async for out in llm.generate(TokensPrompt(prompt_token_ids=prompt), params, request_id=uuid.uuid4().hex):
@@ -469,18 +473,51 @@ class RecommendationEngine(VersionedCatalog):
         return v, search.ranking()
 
 
+@dataclass
+class _Search:
+    """One request's search, queued for the HF engine's decoder thread."""
+
+    v: CatalogVersion
+    prompt: list[int]
+    k: int
+    num_beams: int
+    exclude: list[int] | None
+    allow: list[int] | None
+    sampling: Sampling | None
+    answer: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+    def batch_key(self) -> tuple | None:
+        """Searches with equal keys run as one batch (draws run alone: each has its own seed)."""
+        return None if self.sampling is not None else (self.v.version, self.num_beams)
+
+    def settle(self, result: Ranking | None = None, error: BaseException | None = None) -> None:
+        def _set() -> None:
+            if self.answer.done():  # the client left and the request was cancelled
+                return
+            if error is not None:
+                self.answer.set_exception(error)
+            else:
+                self.answer.set_result(result)
+
+        self.loop.call_soon_threadsafe(_set)
+
+
 class HFEngine(VersionedCatalog):
     """Ranks items on the exported HF model, exactly as :class:`GenerativeRecommender` does.
 
     Decoding runs on a thread of its own, so the event loop keeps answering (health, errors)
-    meanwhile; one search at a time, since concurrent ones would only split the same cores
-    and hold more KV caches, and searches waiting their turn hold no thread that planning
-    other requests needs.
+    meanwhile. Searches that arrive while one batch decodes wait in a queue and then run
+    together as the next batch: the beams of all in-flight requests (with the same beam
+    width) share one prefill and one forward pass per ID token, so throughput grows with
+    concurrent clients instead of queueing them one by one. A batch holds at most
+    ``max_num_seqs`` sequences (users x beams).
 
     Args:
         model_dir: exported model folder (RUN/model).
         settings: ``dtype`` picks the weights' precision (float32 ranks like `genrec recommend`);
-            ``max_beams`` and ``max_model_len`` bound requests as on vLLM.
+            ``max_beams`` and ``max_model_len`` bound requests as on vLLM; ``max_num_seqs``
+            bounds a batch.
         state_dir: where the last catalog version number is kept (None: in memory only).
     """
 
@@ -488,7 +525,11 @@ class HFEngine(VersionedCatalog):
         self, model_dir: str | Path, settings: EngineConfig | None = None, state_dir: str | Path | None = None
     ):
         self.model = None
-        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrec-decode")
+        self._queue: queue.SimpleQueue[_Search | None] = queue.SimpleQueue()
+        self._decoder = threading.Thread(target=self._decode_forever, name="genrec-decode", daemon=True)
+        #: batches decoded and searches in them (how much batching the load gave), for benchmarks
+        self.batches = 0
+        self.searches = 0
         super().__init__(model_dir, settings, state_dir)
 
     def _started(self) -> bool:
@@ -503,40 +544,78 @@ class HFEngine(VersionedCatalog):
         with self._life_lock:
             if not self._stopped:
                 self.model = model
+                self._decoder.start()
 
     def shutdown(self) -> None:
         with self._life_lock:
             self._stopped = True
             self.model = None
-        # a search under way finishes (it holds its own reference to the weights); queued ones are dropped
-        self._decoder.shutdown(wait=False, cancel_futures=True)
+        # a batch under way finishes (it holds its own reference to the weights); queued ones get 503
+        self._queue.put(None)
 
-    def _rank_now(
-        self,
-        model: Any,
-        v: CatalogVersion,
-        prompt: list[int],
-        k: int,
-        num_beams: int,
-        exclude: Iterable[int] | None,
-        allow: Iterable[int] | None,
-        sampling: Sampling | None,
-    ) -> Ranking:
+    # -- the decoder thread -------------------------------------------------------------------
+    def _next_batch(self, first: _Search, waiting: list[_Search]) -> list[_Search]:
+        """``first`` and the queued searches that can share its batch (the rest keep waiting)."""
+        while True:  # take everything queued now: it all waited while the last batch decoded
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)  # shutdown: seen again by the loop
+                break
+            waiting.append(item)
+        key, room = first.batch_key(), max(1, self.settings.max_num_seqs // max(1, first.num_beams))
+        batch = [first]
+        if key is not None:
+            for search in list(waiting):
+                if len(batch) >= room:
+                    break
+                if search.batch_key() == key:
+                    batch.append(search)
+                    waiting.remove(search)
+        return batch
+
+    def _decode_forever(self) -> None:
+        waiting: list[_Search] = []
+        while True:
+            first = waiting.pop(0) if waiting else self._queue.get()
+            model = self.model
+            if first is None or model is None:
+                for search in [s for s in [first, *waiting] if s is not None]:
+                    search.settle(error=NotReadyError("the engine is stopped", "the server is shutting down"))
+                return
+            batch = self._next_batch(first, waiting)
+            try:
+                results = self._decode(model, batch)
+            except Exception as exc:  # answered as the request's error; the thread lives on
+                for search in batch:
+                    search.settle(error=exc)
+                continue
+            self.batches, self.searches = self.batches + 1, self.searches + len(batch)
+            for search, ranked in zip(batch, results):
+                search.settle(ranked)
+
+    @staticmethod
+    def _decode(model: Any, batch: list[_Search]) -> list[Ranking]:
         from genrec.decoding.hf import GenerativeRecommender
 
-        # the recommender itself (not a copy of its steps), so scores match `genrec recommend` bit for bit
-        recommender = GenerativeRecommender(model, v.formatter, v.trie)
-        if sampling is not None:
-            return [(r.index, r.score) for r in recommender.sample(prompt, k, sampling, exclude=exclude, allow=allow)]
+        first = batch[0]
+        # the recommender itself (not a copy of its steps), so scores match `genrec recommend`
+        recommender = GenerativeRecommender(model, first.v.formatter, first.v.trie)
+        if first.sampling is not None:
+            drawn = recommender.sample(first.prompt, first.k, first.sampling, exclude=first.exclude, allow=first.allow)
+            return [[(r.index, r.score) for r in drawn]]
         rows = recommender.recommend(
             [],
-            k,
-            num_beams=num_beams,
-            prompts=[prompt],
-            exclude=None if exclude is None else [list(exclude)],
-            allow=None if allow is None else [list(allow)],
-        )[0]
-        return [(r.index, r.score) for r in rows]
+            max(s.k for s in batch),
+            num_beams=first.num_beams,
+            batch_size=len(batch),
+            prompts=[s.prompt for s in batch],
+            exclude=[s.exclude for s in batch],
+            allow=[s.allow for s in batch],
+        )
+        return [[(r.index, r.score) for r in row[: s.k]] for s, row in zip(batch, rows)]
 
     async def rank(
         self,
@@ -550,14 +629,23 @@ class HFEngine(VersionedCatalog):
     ) -> tuple[CatalogVersion, Ranking]:
         """Top-``k`` (catalog row, score) for one prompt, and the catalog version the rows refer to."""
         self.require_ready()
-        model, v = self.model, version or self.current
-        if model is None:  # stopped since the check
+        v = version or self.current
+        if self.model is None:  # stopped since the check
             raise NotReadyError("the engine is stopped", "the server is shutting down; retry elsewhere")
         loop = asyncio.get_running_loop()
-        ranked = await loop.run_in_executor(
-            self._decoder, self._rank_now, model, v, prompt, k, num_beams, exclude, allow, sampling
+        search = _Search(
+            v,
+            list(prompt),
+            k,
+            num_beams,
+            None if exclude is None else list(exclude),
+            None if allow is None else list(allow),
+            sampling,
+            loop.create_future(),
+            loop,
         )
-        return v, ranked
+        self._queue.put(search)
+        return v, await search.answer
 
 
 class EngineSupervisor:
