@@ -106,16 +106,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(run: Path, backend: str) -> tuple[subprocess.Popen, str, float]:
-    """`genrec serve` as a real process; (process, base URL, seconds until /health said ready)."""
+def _start(run: Path, backend: str, log: Path | None = None) -> tuple[subprocess.Popen, str, float]:
+    """`genrec serve` as a real process (its output to ``log``, if given); (process, base URL,
+    seconds until /health said ready)."""
     import httpx
 
     port = _free_port()
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "genrec.cli", "serve", str(run), "--port", str(port), "--backend", backend],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=open(log, "w") if log else subprocess.DEVNULL,  # noqa: SIM115 - the child holds it
+        stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     while True:

@@ -142,7 +142,8 @@ def end(proc, base: str, backend: str) -> dict:
         for p in cores:
             p.kill()
         try:
-            after = httpx.post(base + "/v1/recommendations", json={"history": ["x"]}, timeout=30).status_code
+            body = {"text": "I loved Inception"}
+            after = httpx.post(base + "/v1/recommendations", json=body, timeout=30).status_code
         except httpx.TransportError:
             after = "exited"
     else:
@@ -163,7 +164,8 @@ def main() -> None:
         shutil.copytree(args.run, run, ignore=shutil.ignore_patterns("train", "serve"))
         bodies = _bodies(run, 64, 10, 10)
         keep = {i for b in bodies for i in b["history"]}
-        proc, base, _ = _start(run, args.backend)
+        log = Path(tmp) / "server.log"
+        proc, base, _ = _start(run, args.backend, log)
         out: dict = {"run": str(args.run), "backend": args.backend, "clients": args.clients, **_record()}
         try:
             with Load(base, bodies, args.clients) as load:
@@ -175,6 +177,9 @@ def main() -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
+        # what the server logged as errors (a 5xx is logged once, with its cause)
+        errors = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("ERROR")]
+        out["server_errors"] = sorted(set(errors))[:10]
     print(json.dumps(out, indent=2))
     _save(f"faults:{args.backend}:{args.run.resolve().name}", out)
 

@@ -39,14 +39,17 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
-    """The commit the code runs from (with ``-dirty`` if the tree has changes), or None."""
+    """The commit the code runs from (with ``-dirty`` if tracked files changed), or None.
+
+    Results files (``bench/results/``) do not count: a benchmark writes them as it runs.
+    """
     here = Path(cwd) if cwd else Path(__file__).resolve().parent
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)bench/results"],
             cwd=here,
             capture_output=True,
             text=True,
