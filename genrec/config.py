@@ -241,6 +241,12 @@ class ModelConfig(_Section):
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = _f(
         "eager", "Attention kernel; `eager` measured fastest for short sequences on CPU, `sdpa` for long ones / GPU."
     )
+    keep_layers: int = _f(
+        0,
+        "Pretrained models: keep only the first N decoder layers (0: all). Training and decoding "
+        "cost fall about in proportion; the exported model has N layers.",
+        ge=0,
+    )
     scratch_hidden: int = _f(128, "`scratch`: hidden size.")
     scratch_layers: int = _f(4, "`scratch`: transformer layers.")
     scratch_heads: int = _f(4, "`scratch`: attention heads.")

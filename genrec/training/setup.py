@@ -103,6 +103,8 @@ def build_model(cfg: GenrecConfig, catalog: Catalog):
             )
             kwargs["device_map"] = {"": "cuda" if torch.cuda.is_available() else "cpu"}
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+        if mcfg.keep_layers:
+            _keep_first_layers(model, mcfg.keep_layers)
     # generation config of the base must never switch on sampling in our decoding paths
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.do_sample = False
@@ -120,6 +122,19 @@ def build_model(cfg: GenrecConfig, catalog: Catalog):
     # hooks go on last: resizing and peft replace the embedding module they would sit on
     add_dropout(model, mcfg.dropout)
     return tokenizer, model, code_ids
+
+
+def _keep_first_layers(model, n: int) -> None:
+    """Cut a pretrained decoder to its first ``n`` layers (the config says so, for export)."""
+    layers = model.get_decoder().layers
+    if n > len(layers):
+        raise InputError(
+            f"model.keep_layers={n} but the model has {len(layers)} layers", "use 0 (all) or a smaller number"
+        )
+    model.get_decoder().layers = layers[:n]
+    model.config.num_hidden_layers = n
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = list(model.config.layer_types)[:n]
 
 
 def _add_lora(model, tcfg, new_token_ids):

@@ -40,7 +40,7 @@ from genrec.exported import ExportedModel
 from genrec.io import atomic_write_json
 from genrec.metrics import evaluate_rankings
 from genrec.precision import autocast, use_bf16
-from genrec.prompts import Example, PromptFormatter
+from genrec.prompts import IGNORE_INDEX, Example, PromptFormatter
 from genrec.recommender import ranked_indices
 from genrec.runs import RunFolder
 from genrec.tokenization.catalog import Catalog
@@ -244,9 +244,13 @@ class Trainer:
         return batch
 
     # -- one step, one validation ----------------------------------------------------------
-    def train_step(self, state: TrainState) -> tuple[float, int, int]:
-        """One optimizer step (all micro-batches): (loss, tokens, examples)."""
-        loss_sum, tokens, n_examples = 0.0, 0, 0
+    def train_step(self, state: TrainState) -> tuple[float, int, int, int]:
+        """One optimizer step (all micro-batches): (loss, tokens, examples, transitions).
+
+        A transition is one (history -> next item) pair the loss trains: each example's answer,
+        plus every history item that the history loss predicts from the items before it.
+        """
+        loss_sum, tokens, n_examples, transitions = 0.0, 0, 0, 0
         for micro in range(self.tcfg.grad_accum):
             batch = self.batch(self.batch_for(state.step, micro))
             with autocast(self.bf16):
@@ -260,9 +264,12 @@ class Trainer:
             loss_sum += loss.detach().item()
             tokens += int(batch["attention_mask"].sum())
             n_examples += batch["input_ids"].shape[0]
+            transitions += batch["input_ids"].shape[0]
+            if self.tcfg.history_loss > 0 and "history_labels" in batch:
+                transitions += int((batch["history_labels"] != IGNORE_INDEX).sum()) // self.catalog.depth
         torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
         self.optimizer.step()
-        return loss_sum, tokens, n_examples
+        return loss_sum, tokens, n_examples, transitions
 
     def evaluate(self) -> dict[str, float]:
         """Validation Recall/NDCG with the constrained beam search on the sampled users."""
@@ -316,10 +323,11 @@ class Trainer:
         self.model.train()
         t_start = time.perf_counter() - 60 * state.minutes  # a time budget spans resumes
         budget = self.tcfg.max_minutes
-        tokens_seen, examples_seen, t_last, ran = 0, 0, time.perf_counter(), 0
+        tokens_seen, examples_seen, transitions_seen, t_last, ran = 0, 0, 0, time.perf_counter(), 0
         while state.step < self.total_steps:
-            loss, tokens, n_examples = self.train_step(state)
+            loss, tokens, n_examples, transitions = self.train_step(state)
             tokens_seen, examples_seen = tokens_seen + tokens, examples_seen + n_examples
+            transitions_seen += transitions
             # one clock for all ranks: they must agree on the learning rate and on a time-budget stop
             state.minutes = broadcast((time.perf_counter() - t_start) / 60)
             if budget and self.tcfg.anneal_by_time:
@@ -335,11 +343,12 @@ class Trainer:
                     "loss": round(loss, 5),
                     "lr": self.scheduler.get_last_lr()[0],
                     "examples_per_s": round(examples_seen / max(1e-9, now - t_last), 2),
+                    "transitions_per_s": round(transitions_seen / max(1e-9, now - t_last), 2),
                     "tokens": tokens_seen,
                 }
                 for cb in callbacks:
                     cb.on_log(self, state, record)
-                examples_seen, t_last = 0, now
+                examples_seen, transitions_seen, t_last = 0, 0, now
             if self._step_ends_run(state, budget, callbacks):
                 break
             if stop_after_steps is not None and ran >= stop_after_steps:
