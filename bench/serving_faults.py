@@ -46,6 +46,8 @@ class Load:
         self.base, self.bodies, self.stop = base, bodies, threading.Event()
         self.counts: dict[str, int] = {"ok": 0, "4xx": 0, "5xx": 0, "503": 0, "hang": 0, "refused": 0}
         self.lock = threading.Lock()
+        self.phase = "start"  # what the run is doing now, to say when a 5xx came
+        self.phase_of_5xx: list[tuple[str, int]] = []
         self.threads = [threading.Thread(target=self._client, args=(i,)) for i in range(clients)]
 
     def _client(self, i: int) -> None:
@@ -57,6 +59,8 @@ class Load:
                 try:
                     status = c.post(self.base + "/v1/recommendations", json=body).status_code
                     kind = "ok" if status == 200 else "503" if status == 503 else f"{status // 100}xx"
+                    if status >= 500 and status != 503:
+                        self.phase_of_5xx.append((self.phase, status))
                 except httpx.TimeoutException:
                     kind = "hang"
                 except httpx.TransportError:
@@ -169,17 +173,23 @@ def main() -> None:
         out: dict = {"run": str(args.run), "backend": args.backend, "clients": args.clients, **_record()}
         try:
             with Load(base, bodies, args.clients) as load:
+                load.phase = "abuse"
                 out["abuse"] = abuse(base)
+                load.phase = "edits"
                 out["edits"] = edits(base, run, keep)
+                load.phase = "steady"
                 out["slowest_health_under_load_s"] = _health_latency(base, 5)
+                load.phase = "end"
                 out["end"] = end(proc, base, args.backend)
             out["valid_requests"] = load.counts
+            out["5xx_by_phase"] = {p: [s for q, s in load.phase_of_5xx if q == p] for p, _ in load.phase_of_5xx}
         finally:
             if proc.poll() is None:
                 proc.kill()
         # what the server logged as errors (a 5xx is logged once, with its cause)
         errors = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("ERROR")]
         out["server_errors"] = sorted(set(errors))[:10]
+        shutil.copy(log, Path(tempfile.gettempdir()) / f"genrec-faults-{args.backend}.log")
     print(json.dumps(out, indent=2))
     _save(f"faults:{args.backend}:{args.run.resolve().name}", out)
 

@@ -77,6 +77,23 @@ def test_engines_implement_the_ranking_interface(trained_demo_run, tmp_path):
     assert (vllm_engine.current.trie_dir / "trie.npz").is_file()
 
 
+def test_vllm_engine_keeps_a_versions_trie_while_a_request_decodes_on_it(trained_demo_run, tmp_path):
+    """Reloads under load deleted the trie folder of a version still decoding (the engine process
+    then refused those requests: 500s during catalog edits). A version's folder now lives as long
+    as a request holds it, and one retired before its request began is written again."""
+    run = copy_run(trained_demo_run, tmp_path / "demo")
+    engine = RecommendationEngine(run / "model", run / "serve")
+    v0 = engine.current
+    with engine._holding(v0):
+        v1, v2 = engine.reload_catalog(), engine.reload_catalog()
+        assert (v0.trie_dir / "trie.npz").is_file()  # still decoding on it
+        assert not v1.trie_dir.exists() and (v2.trie_dir / "trie.npz").is_file()  # nobody on v1
+    assert not v0.trie_dir.exists() and (v2.trie_dir / "trie.npz").is_file()
+    with engine._holding(v1):  # planned on v1 before the reloads, searched after
+        assert (v1.trie_dir / "trie.npz").is_file()
+    assert not v1.trie_dir.exists()
+
+
 def test_hf_engine_scores_equal_the_generative_recommender(trained_demo_run, hf):
     engine = HFEngine(trained_demo_run / "model")
     engine.start()

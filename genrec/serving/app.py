@@ -518,9 +518,15 @@ def serve(
     """
     config = config or ServeConfig()
     app = build_app(path, config, engine, backend)
-    if not logging.getLogger().handlers:
-        # uvicorn configures only its own loggers; without this genrec's errors would lose their format
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    genrec_log = logging.getLogger("genrec")
+    if not genrec_log.handlers:
+        # uvicorn configures only its own loggers and vLLM the root one (message only): genrec's
+        # errors get their level and source, in uvicorn's style
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        genrec_log.addHandler(handler)
+        genrec_log.setLevel(logging.INFO)
+        genrec_log.propagate = False
     status = serve_app(app, config)
     if status:
         raise SystemExit(status)

@@ -27,13 +27,15 @@ restart it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import queue
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -46,7 +48,7 @@ from genrec.exported import ExportedModel, read_settings
 from genrec.io import atomic_write_json
 from genrec.prompts import PromptFormatter
 from genrec.tokenization.catalog import Catalog
-from genrec.tokenization.trie import ItemTrie
+from genrec.tokenization.trie import TRIE_FILE, ItemTrie
 
 if TYPE_CHECKING:  # vLLM is optional: only the vLLM engine imports it, when it runs
     from genrec.decoding.vllm_backend import ItemBeamSearch
@@ -276,6 +278,8 @@ class RecommendationEngine(VersionedCatalog):
 
     def __init__(self, model_dir: str | Path, state_dir: str | Path, settings: EngineConfig | None = None):
         self.llm = None
+        self._versions_lock = threading.Lock()
+        self._in_flight: Counter[int] = Counter()  # requests decoding on each catalog version
         # tries an earlier server left: no engine process reads them, and numbers never repeat
         for stale in Path(state_dir).glob("trie-v*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -326,9 +330,34 @@ class RecommendationEngine(VersionedCatalog):
         return trie_dir
 
     def _retire(self, old: CatalogVersion, new: CatalogVersion) -> None:
-        for folder in self.state_dir.glob("trie-v*"):
-            if folder not in (new.trie_dir, old.trie_dir):
-                shutil.rmtree(folder, ignore_errors=True)
+        """Delete the tries of versions no request decodes on any more (the current one stays)."""
+        with self._versions_lock:
+            for folder in self.state_dir.glob("trie-v*"):
+                version = int(folder.name.removeprefix("trie-v"))
+                if version != self.current.version and version not in self._in_flight:
+                    shutil.rmtree(folder, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _holding(self, v: CatalogVersion) -> Iterator[None]:
+        """Keep ``v``'s trie folder on disk while a request decodes on it.
+
+        The engine process reads the folder a request names; a reload that deleted it mid-search
+        failed that request (edits under load: 500s). A request planned on a version that was
+        retired before its search began gets the folder written again from memory.
+        """
+        with self._versions_lock:
+            self._in_flight[v.version] += 1
+            if not (v.trie_dir / TRIE_FILE).is_file():
+                self._publish_trie(v.version, v.trie)
+        try:
+            yield
+        finally:
+            with self._versions_lock:
+                self._in_flight[v.version] -= 1
+                if not self._in_flight[v.version]:
+                    del self._in_flight[v.version]
+                    if v.version != self.current.version:
+                        shutil.rmtree(v.trie_dir, ignore_errors=True)
 
     async def _top_logprobs(
         self, llm: Any, prompt: list[int], prefix: Sequence[int], search: ItemBeamSearch
@@ -446,31 +475,46 @@ class RecommendationEngine(VersionedCatalog):
         """Top-``k`` (catalog row, score) for one prompt, and the catalog version the rows refer to."""
         from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDead
 
-        from genrec.decoding.vllm_backend import ItemBeamSearch
 
         self.require_ready()
         llm, v = self.llm, version or self.current
         if llm is None:  # stopped since the check
             raise NotReadyError("the engine is stopped", "the server is shutting down; retry elsewhere")
         try:
-            if sampling is not None:
-                return v, await self._sample(llm, prompt, v, k, sampling, exclude, allow)
-            search = ItemBeamSearch(
-                v.trie,
-                num_beams,
-                k,
-                exclude=exclude,
-                allow=allow,
-                base_xargs={"trie": str(v.trie_dir), "version": v.version},
-            )
-            while not search.done:
-                step = asyncio.gather(*[self._top_logprobs(llm, prompt, p, search) for p in search.requests()])
-                search.advance(await self._unless_dead(llm, step))
+            with self._holding(v):
+                return v, await self._search(llm, prompt, v, k, num_beams, exclude, allow, sampling)
         except VllmEngineDead as exc:
             # a dead engine is "not ready" for the client (503: retry elsewhere/later), not a bad request
             self.mark_dead("the vLLM engine process died")
             raise EngineDeadError("the vLLM engine process died", "this server is exiting; retry elsewhere") from exc
-        return v, search.ranking()
+
+    async def _search(
+        self,
+        llm: Any,
+        prompt: list[int],
+        v: CatalogVersion,
+        k: int,
+        num_beams: int,
+        exclude: Iterable[int] | None,
+        allow: Iterable[int] | None,
+        sampling: Sampling | None,
+    ) -> Ranking:
+        from genrec.decoding.vllm_backend import ItemBeamSearch
+
+        if sampling is not None:
+            return await self._sample(llm, prompt, v, k, sampling, exclude, allow)
+        search = ItemBeamSearch(
+            v.trie,
+            num_beams,
+            k,
+            exclude=exclude,
+            allow=allow,
+            base_xargs={"trie": str(v.trie_dir), "version": v.version},
+        )
+        while not search.done:
+            step = asyncio.gather(*[self._top_logprobs(llm, prompt, p, search) for p in search.requests()])
+            search.advance(await self._unless_dead(llm, step))
+        return search.ranking()
 
 
 @dataclass
