@@ -272,10 +272,17 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- serving:begin (bench/serving.py docs) -->", "<!-- serving:end -->"
 
 
+def _commit(row: dict) -> str:
+    """The short commit, ``-dirty`` kept, and the row's note on it."""
+    commit = row["commit"] or "?"
+    short = commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+    return short + (f" ({row['note']})" if row.get("note") else "")
+
+
 def _endpoint_table(key: str, row: dict) -> list[str]:
     backends = [b for b in ("vllm", "hf") if b in row]
     lines = [
-        f"`{row['command']}` ({row['cpu']}, commit {row['commit'][:7]}; model `{key.split(':', 1)[1]}`, "
+        f"`{row['command']}` ({row['cpu']}, commit {_commit(row)}; model `{key.split(':', 1)[1]}`, "
         f"k={row['k']}, beam {row['num_beams']}, {row['requests']} test users' histories):",
         "",
         "| backend | start | clients | p50 | p99 | requests/s | 5xx | memory after load |",
@@ -309,9 +316,9 @@ def docs() -> None:
             lines += _endpoint_table(key, row)
     for key, row in data.items():
         if key.startswith("soak:"):
-            curve = ", ".join(f"{m:g} min {mib / 1024:.2f} GiB" for m, mib in row["rss_mib_by_minute"])
+            curve = ", ".join(f"{m:g} min {mib / 1024:.2f} GiB" for m, mib in row["rss_mib_by_minute"] if m % 2 == 0)
             lines += [
-                f"`{row['command']}` ({row['cpu']}, commit {row['commit'][:7]}): {row['clients']} clients for "
+                f"`{row['command']}` ({row['cpu']}, commit {_commit(row)}): {row['clients']} clients for "
                 f"{row['minutes']:g} min, {row['requests']} requests at {row['requests_per_s']:.1f}/s, "
                 f"{row['failures']} failures; resident memory (server + engine): {curve}.",
                 "",
@@ -321,7 +328,7 @@ def docs() -> None:
             v, e, a = row["valid_requests"], row["end"], row["abuse"]
             fault = "engine core killed" if row["backend"] == "vllm" else "SIGTERM"
             lines += [
-                f"`{row['command']}` ({row['cpu']}, commit {row['commit'][:7]}): under {row['clients']} clients "
+                f"`{row['command']}` ({row['cpu']}, commit {_commit(row)}): under {row['clients']} clients "
                 f"of valid requests ({v['ok']} answered 200, {v['5xx']} 5xx, {v['hang']} hangs, {v['503']} 503 "
                 f"after the fault), abusive requests all 4xx: {a['all_4xx']} (slowest /health meanwhile "
                 f"{a['slowest_health_s']} s); concurrent catalog edits {row['edits']['answers']}, catalog "
