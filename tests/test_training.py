@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from genrec.config import load_config
 from genrec.data import PreparedDataset
-from genrec.errors import GenrecError
+from genrec.errors import GenrecError, InputError
 from genrec.decoding.beam_search import constrained_beam_search, generate_reference, left_pad
 from genrec.decoding.hf import GenerativeRecommender
 from genrec.tokenization.stage import load_catalog
@@ -579,3 +579,37 @@ def test_qlora_trains_and_exports_a_plain_model(demo_run, tmp_path, smollm2_dir)
     exported = AutoModelForCausalLM.from_pretrained(run / "model")
     assert not getattr(exported.config, "quantization_config", None)
     assert state.evals[-1]["invalid_rate"] == 0
+
+
+def test_keep_layers_cuts_smollm2_and_windows_count_every_trained_transition(demo_run, tmp_path):
+    """model.keep_layers: a 3-layer SmolLM2 trains, exports with 3 layers and recommends; with the
+    history loss each step trains far more transitions than examples (the log's transitions_per_s)."""
+    run = copy_prepared(demo_run, tmp_path / "cut")
+    extra = [
+        f"run_dir={run}",
+        "model.keep_layers=3",
+        "train.finetune=lora",
+        "train.max_steps=2",
+        "train.batch_size=4",
+        "train.bf16=false",
+        "train.eval_every=0",
+        "train.eval_users=10",
+        "train.log_every=1",
+        "train.next_item_examples=windows",
+        "train.history_loss=1.0",
+        "train.tasks={next_item: 1.0}",
+        "eval.num_beams=5",
+        "eval.top_k=5",
+    ]
+    Trainer(load_config(TRAIN_BASE, extra), progress=False).train()
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 3
+    rec = GenerativeRecommender.from_folder(run / "model")
+    assert len(rec.model.model.layers) == 3
+    out = rec.recommend([[0, 1, 2]], k=5, num_beams=5)
+    assert len(out[0]) == 5 and all(r.item_id in rec.catalog for r in out[0])
+    log = [json.loads(line) for line in (run / "train" / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "transitions_per_s" in r]
+    assert steps and all(r["transitions_per_s"] > 3 * r["examples_per_s"] for r in steps)
+    with pytest.raises(InputError, match="keep_layers=99"):
+        build_model(load_config(TRAIN_BASE, [*extra, "model.keep_layers=99"]), load_catalog(run))
