@@ -475,7 +475,6 @@ class RecommendationEngine(VersionedCatalog):
         """Top-``k`` (catalog row, score) for one prompt, and the catalog version the rows refer to."""
         from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDead
 
-
         self.require_ready()
         llm, v = self.llm, version or self.current
         if llm is None:  # stopped since the check
