@@ -569,6 +569,8 @@ class HFEngine(VersionedCatalog):
     ):
         self.model = None
         self._queue: queue.SimpleQueue[_Search | None] = queue.SimpleQueue()
+        # a daemon, so a forgotten shutdown cannot hold the process; shutdown joins it, since a
+        # thread still inside torch when the interpreter finalizes aborts the process (status -6)
         self._decoder = threading.Thread(target=self._decode_forever, name="genrec-decode", daemon=True)
         #: batches decoded and searches in them (how much batching the load gave), for benchmarks
         self.batches = 0
@@ -595,6 +597,8 @@ class HFEngine(VersionedCatalog):
             self.model = None
         # a batch under way finishes (it holds its own reference to the weights); queued ones get 503
         self._queue.put(None)
+        if self._decoder.is_alive() and threading.current_thread() is not self._decoder:
+            self._decoder.join(timeout=60)
 
     # -- the decoder thread -------------------------------------------------------------------
     def _next_batch(self, first: _Search, waiting: list[_Search]) -> list[_Search]:
