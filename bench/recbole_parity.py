@@ -38,6 +38,8 @@ from serving import _cpu  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".venv-recbole"
 RESULTS = ROOT / "bench" / "results" / "recbole_parity.json"
+DOCS = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- recbole:begin (bench/recbole_parity.py) -->", "<!-- recbole:end -->"
 #: RecBole 1.2.1 imports ray 2.6, which needs pkg_resources (gone from setuptools 81) and numpy 1.x
 PACKAGES = ["torch==2.13.0", "recbole==1.2.1", "setuptools>=77,<81", "numpy<2", "pandas<2.3"]
 
@@ -175,13 +177,35 @@ def main() -> None:
     }
     RESULTS.write_text(json.dumps(row, indent=2) + "\n")
     print(json.dumps(row, indent=2))
-    print("\ngenrec's SASRec-CE rows for the same dataset (bench/results/results.jsonl):")
-    for r in ours(args.dataset):
+    table = docs_table(row, ours(args.dataset))
+    text = DOCS.read_text()
+    if BEGIN in text:
+        DOCS.write_text(text[: text.index(BEGIN)] + table + text[text.index(END) + len(END) :])
+    print("\n" + table)
+
+
+def docs_table(row: dict, theirs: list[dict]) -> str:
+    """RecBole's test row beside genrec's SASRec-CE rows, as the docs show it."""
+    lines = [
+        BEGIN,
+        "",
+        f"`{row['command']}` ({row['cpu']}, commit {row['commit'][:7]}"
+        f"{'-dirty' if str(row['commit']).endswith('-dirty') else ''}; {row['minutes']} min):",
+        "",
+        "| system | protocol | users | seeds | Recall@10 | NDCG@10 |",
+        "|---|---|---:|---:|---:|---:|",
+        f"| {row['system']}, {row['epochs']} epochs | {row['protocol']} | all | {row['seed']} | "
+        f"{row['test']['recall@10']:.4f} | {row['test']['ndcg@10']:.4f} |",
+    ]
+    for r in theirs:
+        if r["users"] is None or "recall@10" not in r["metrics"]:
+            continue  # published numbers: docs/results.md lists them
         m = r["metrics"]
-        print(
-            f"  {r['protocol']:22s} users {r['users'] or '?':>6} seeds {len(r['seeds'] or [])}: "
-            f"Recall@10 {m['recall@10']['mean']:.4f}  NDCG@10 {m['ndcg@10']['mean']:.4f}  ({r['system']})"
+        lines.append(
+            f"| genrec {r['system']} | {r['protocol']} | {r['users']:,} | {len(r['seeds'])} | "
+            f"{m['recall@10']['mean']:.4f} | {m['ndcg@10']['mean']:.4f} |"
         )
+    return "\n".join(lines + ["", END])
 
 
 if __name__ == "__main__":
