@@ -409,6 +409,36 @@ def baseline_popularity(
     typer.echo(json.dumps(m, indent=2))
 
 
+@baseline_app.command("content")
+def baseline_content(
+    config: Path = typer.Argument(..., help="YAML config (its run must hold RUN/data)."),
+    split: str = typer.Option("test", help="valid or test."),
+    k: int = typer.Option(10, "-k", help="Cut-off."),
+    max_users: int = typer.Option(0, help="Evaluate at most this many users (0: all)."),
+    seed: int = typer.Option(0, help="Seed of the user sample."),
+    exclude_seen: bool = typer.Option(False, help="Skip items already in the history."),
+    set_: Optional[List[str]] = OverrideOpt,
+) -> None:
+    """Items nearest to the history's text vectors (tokenize.embedding's model); RUN/baselines/content.
+
+    It needs no interactions with an item, so it also ranks new items (the cold-start protocol).
+    """
+    from genrec.evaluation.baselines import run_content
+
+    cfg = _load(config, set_)
+    m = run_content(
+        cfg.run_dir,
+        cfg.tokenize.embedding,
+        split,
+        k=k,
+        max_users=max_users,
+        sample_seed=seed,
+        exclude_seen=exclude_seen,
+        max_history=cfg.data.max_history,
+    )
+    typer.echo(json.dumps(m, indent=2))
+
+
 @config_app.command("show")
 def config_show() -> None:
     """Print every config key with its default and meaning."""

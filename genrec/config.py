@@ -126,6 +126,22 @@ class DataConfig(_Section):
     )
     dedup: bool = _f(False, "Keep only the first interaction of each (user, item) pair.")
     max_history: int = _f(50, "Most recent items of a history kept in a prompt or training example.", ge=1)
+    cold_items: float = _f(
+        0.0,
+        "Cold-start protocol: the share of items held out as new items (0 turns it off; 0.1 is the documented "
+        "protocol). They and every interaction with them are removed from training, validation and every "
+        "history; they stay only as test targets, get semantic IDs from their text through the fitted "
+        "codebooks (as `genrec items add` gives them) and enter the trie, and evaluation reports cold and "
+        "warm targets apart. Needs IDs from text (`tokenize.embedding.source: text` or `both`).",
+        ge=0.0,
+        le=0.5,
+    )
+    cold_selection: Literal["newest", "random"] = _f(
+        "newest",
+        "Which items `cold_items` holds out: `newest` (the last to appear in the log, as new items do) or "
+        "`random` (a uniform draw with `cold_seed`).",
+    )
+    cold_seed: int = _f(0, "Seed of the `random` cold-item draw.")
 
 
 @dataclass

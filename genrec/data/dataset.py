@@ -9,7 +9,10 @@
    an item under ``k`` and vice versa);
 3. drop users with fewer than 3 interactions, who cannot give a training item, a
    validation target and a test target;
-4. order each user's interactions by time, ties broken by the original file order.
+4. order each user's interactions by time, ties broken by the original file order;
+5. with ``data.cold_items`` > 0 (the cold-start protocol), hold out a share of items as new
+   items: every interaction with them is removed, except where one is a user's last item,
+   which stays as that user's test target (see :func:`hold_out_cold_items`).
 
 The item table is sorted by item id string; an item's row there is its index in every
 later stage (catalog, semantic IDs, metrics). :func:`prepare_stage` writes the result
@@ -72,6 +75,9 @@ class PreparedDataset:
             sets no template.
         source: where the data came from (format, paths, sha256 of the inputs).
         filters: what preparation did (settings and counts of what was dropped).
+        cold_items: ids of the items held out by the cold-start protocol (empty when it is
+            off). They appear only as test targets: never in training sequences, validation
+            targets or histories.
     """
 
     items: pd.DataFrame
@@ -80,6 +86,7 @@ class PreparedDataset:
     default_template: str
     source: dict[str, Any] = field(default_factory=dict)
     filters: dict[str, Any] = field(default_factory=dict)
+    cold_items: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:
         return (
@@ -103,6 +110,16 @@ class PreparedDataset:
     def item_index(self) -> dict[str, int]:
         """Item id -> row in :attr:`items` (the item's index everywhere later)."""
         return {item: i for i, item in enumerate(self.items["item_id"])}
+
+    def cold_rows(self) -> list[int]:
+        """Rows of the cold-start protocol's held-out items (empty when it is off), ascending."""
+        index = self.item_index()
+        return sorted(index[i] for i in self.cold_items)
+
+    def warm_rows(self) -> list[int]:
+        """Rows of every other item: what training, the semantic-ID fit and the text tasks may see."""
+        cold = set(self.cold_rows())
+        return [i for i in range(self.n_items) if i not in cold]
 
     # -- splits -----------------------------------------------------------------------
     def train_sequences(self) -> dict[str, list[str]]:
@@ -166,6 +183,7 @@ class PreparedDataset:
             "max_sequence_length": max(lengths, default=0),
             "items_without_text": self.items_without_text(),
             "items_not_in_item_table": int(self.filters.get("items_not_in_item_table", 0)),
+            "cold_items": len(self.cold_items),
         }
 
     # -- files ------------------------------------------------------------------------
@@ -200,6 +218,7 @@ class PreparedDataset:
                 "default_template": self.default_template,
                 "source": self.source,
                 "filters": self.filters,
+                "cold_items": sorted(self.cold_items),
             },
         )
 
@@ -241,6 +260,7 @@ class PreparedDataset:
             meta.get("default_template", ""),
             meta.get("source", {}),
             meta.get("filters", {}),
+            list(meta.get("cold_items", [])),
         )
 
 
@@ -363,8 +383,71 @@ def prepare(raw: RawData, cfg: DataConfig) -> PreparedDataset:
         }
     )
 
+    cold: list[str] = []
+    if cfg.cold_items > 0:
+        sequences, cold = hold_out_cold_items(sequences, df, cfg, filters)
+        item_arr = np.array([i for s in sequences["items"] for i in s], dtype=object)
     items = _item_table(sorted(set(item_arr.tolist())), raw, filters)
-    return PreparedDataset(items, sequences, list(raw.text_fields), raw.default_template, dict(raw.source), filters)
+    return PreparedDataset(
+        items, sequences, list(raw.text_fields), raw.default_template, dict(raw.source), filters, cold
+    )
+
+
+def hold_out_cold_items(
+    sequences: pd.DataFrame, log: pd.DataFrame, cfg: DataConfig, filters: dict[str, Any]
+) -> tuple[pd.DataFrame, list[str]]:
+    """The cold-start protocol: (sequences without the held-out items, the held-out item ids).
+
+    ``round(cfg.cold_items * items)`` items are held out: the last to appear in ``log``
+    (first interaction by time, then file order) for ``newest``, a uniform draw with
+    ``cfg.cold_seed`` for ``random``. Every interaction with one is removed, except when it is a
+    user's last item: it stays there as the test target, so a model meets a cold item only
+    when it is asked to recommend it. Users left with fewer than 3 items are dropped; held-out
+    items that are nobody's test target leave the data. ``filters["cold"]`` records the counts.
+    """
+    firsts = log.sort_values(["timestamp", "order"], kind="stable").drop_duplicates("item_id")["item_id"].tolist()
+    n_cold = int(round(cfg.cold_items * len(firsts)))
+    if cfg.cold_selection == "newest":
+        chosen = set(firsts[len(firsts) - n_cold :]) if n_cold else set()
+    else:
+        rng = np.random.default_rng(cfg.cold_seed)
+        pool = sorted(firsts)
+        chosen = {pool[i] for i in rng.choice(len(pool), size=n_cold, replace=False)}
+    kept_items, kept_ts, users = [], [], []
+    removed = 0
+    for u, items, ts in zip(sequences["user_id"], sequences["items"], sequences["timestamps"]):
+        keep = [j for j in range(len(items) - 1) if items[j] not in chosen] + [len(items) - 1]
+        removed += len(items) - len(keep)
+        if len(keep) < MIN_SEQUENCE_LENGTH:
+            continue
+        users.append(u)
+        kept_items.append([items[j] for j in keep])
+        kept_ts.append([ts[j] for j in keep])
+    out = pd.DataFrame(
+        {
+            "user_id": pd.Series(users, dtype=object),
+            "items": pd.Series(kept_items, dtype=object),
+            "timestamps": pd.Series(kept_ts, dtype=object),
+        }
+    )
+    if out.empty:
+        raise InputError(
+            f"no user is left after holding out {n_cold} cold items",
+            "lower data.cold_items (0.1 is the documented protocol)",
+        )
+    targets = [s[-1] for s in kept_items]
+    cold = sorted(chosen & set(targets))
+    filters["cold"] = {
+        "share": float(cfg.cold_items),
+        "selection": cfg.cold_selection,
+        "seed": int(cfg.cold_seed) if cfg.cold_selection == "random" else None,
+        "held_out": n_cold,
+        "test_targets": len(cold),
+        "cold_target_users": int(sum(t in chosen for t in targets)),
+        "interactions_removed": int(removed),
+        "users_removed": int(len(sequences) - len(out)),
+    }
+    return out, cold
 
 
 def _item_table(item_ids: list[str], raw: RawData, filters: dict[str, Any]) -> pd.DataFrame:

@@ -10,11 +10,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from genrec.config import SASRecConfig
+from genrec.config import EmbeddingConfig, SASRecConfig
 from genrec.data import SPLITS, PreparedDataset
 from genrec.errors import InputError
 from genrec.evaluation.evaluator import Evaluator
 from genrec.io import atomic_write_json
+from genrec.models.content import ContentRecommender
 from genrec.models.popularity import PopularityRecommender
 from genrec.models.sasrec import SASRecRecommender
 
@@ -56,7 +57,7 @@ def run_sasrec(
         "config": asdict(config),
     }
     atomic_write_json(out / _metrics_name(split, exclude_seen), report)
-    return result.metrics
+    return {**result.metrics, **result.groups}
 
 
 def run_popularity(
@@ -73,4 +74,40 @@ def run_popularity(
     evaluator = Evaluator(dataset, split, max_users, sample_seed, exclude_seen, k)
     result = evaluator.evaluate(PopularityRecommender().fit(dataset.train_rows(), dataset.n_items))
     atomic_write_json(run / "baselines" / "popularity" / _metrics_name(split, exclude_seen), result.to_dict())
-    return result.metrics
+    return {**result.metrics, **result.groups}
+
+
+def run_content(
+    run_dir: str | Path,
+    embedding: EmbeddingConfig,
+    split: str = "test",
+    k: int = 10,
+    max_users: int = 0,
+    sample_seed: int = 0,
+    exclude_seen: bool = False,
+    max_history: int = 20,
+) -> dict[str, Any]:
+    """Nearest items to the history's text vectors; RUN/baselines/content/metrics_{split}.json.
+
+    Items are embedded as the tokenize stage embeds them (``embedding.model`` over
+    ``embedding.template``, else the dataset's default template), new items included.
+    """
+    from genrec.io import cache_dir
+    from genrec.tokenization.embeddings import item_texts, text_embeddings
+
+    run = Path(run_dir)
+    dataset = PreparedDataset.load(run / "data")
+    if not dataset.text_fields:
+        raise InputError(
+            "the items have no text, so the content baseline has nothing to compare", "use a dataset with item text"
+        )
+    evaluator = Evaluator(dataset, split, max_users, sample_seed, exclude_seen, k)
+    texts = item_texts(dataset.items, embedding.template or dataset.default_template)
+    vectors = text_embeddings(
+        texts, model=embedding.model, batch_size=embedding.batch_size, cache_dir=cache_dir("embeddings")
+    )
+    rec = ContentRecommender(vectors, max_history=max_history)
+    result = evaluator.evaluate(rec)
+    report = {**result.to_dict(), "embedding_model": embedding.model, "decay": rec.decay}
+    atomic_write_json(run / "baselines" / "content" / _metrics_name(split, exclude_seen), report)
+    return {**result.metrics, **result.groups}

@@ -5,6 +5,11 @@
 metrics code, under either protocol: seen items kept (TIGER's, what most generative papers
 report) or seen items excluded (what products do). Every result records what it was measured
 on: split, users, user sample and its seed, protocol, commit.
+
+Under the cold-start protocol (``data.cold_items``) a result also scores the users whose test
+target is a held-out item (``cold_targets``) and the others (``warm_targets``) apart, and says
+how much of what was recommended was cold (``cold_share@K``): a model that never recommends a
+new item shows 0 there.
 """
 
 from __future__ import annotations
@@ -36,9 +41,10 @@ class EvalResult:
     users: list[str]
     rankings: list[list[Recommendation]] = field(repr=False)
     info: dict[str, Any] = field(default_factory=dict)
+    groups: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.info, **self.metrics}
+        return {**self.info, **self.metrics, **self.groups}
 
 
 class Evaluator:
@@ -79,6 +85,7 @@ class Evaluator:
         seconds = time.perf_counter() - t0
         metrics = evaluate_rankings(ranked_indices(ranked), self.targets, self.dataset.n_items, ks=self.ks)
         metrics["seconds_per_user"] = seconds / max(1, len(self.users))
+        groups = self._cold_groups(ranked_indices(ranked), metrics) if self.dataset.cold_items else {}
         info = {
             "split": self.split,
             "users": len(self.users),
@@ -89,7 +96,21 @@ class Evaluator:
             "protocol": protocol_name(self.exclude_seen),
             "commit": git_commit(),
         }
-        return EvalResult(metrics, self.users, ranked, info)
+        return EvalResult(metrics, self.users, ranked, info, groups)
+
+    def _cold_groups(self, ranked: list[list[int]], metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+        """Metrics of the cold-target and warm-target users apart (adds ``cold_share@K`` to ``metrics``)."""
+        cold = set(self.dataset.cold_rows())
+        slots = [i for row in ranked for i in row[: self.k]]
+        metrics[f"cold_share@{self.k}"] = sum(i in cold for i in slots) / max(1, len(slots))
+        groups = {}
+        for name, want in (("cold_targets", True), ("warm_targets", False)):
+            pick = [j for j, t in enumerate(self.targets) if (t in cold) == want]
+            if pick:
+                groups[name] = evaluate_rankings(
+                    [ranked[j] for j in pick], [self.targets[j] for j in pick], self.dataset.n_items, ks=self.ks
+                )
+        return groups
 
 
 def write_recommendations(path: Path, result: EvalResult) -> None:
@@ -128,7 +149,13 @@ def evaluate_run(
         model = evaluator.evaluate(rec, progress=progress, num_beams=num_beams, batch_size=batch_size)
     pop = evaluator.evaluate(PopularityRecommender(rec.catalog).fit(dataset.train_rows(), dataset.n_items))
     pop.metrics.pop("seconds_per_user", None)
-    result = {**model.info, "num_beams": num_beams, "bf16": bf16, "genrec": model.metrics, "popularity": pop.metrics}
+    result = {
+        **model.info,
+        "num_beams": num_beams,
+        "bf16": bf16,
+        "genrec": {**model.metrics, **model.groups},
+        "popularity": {**pop.metrics, **pop.groups},
+    }
     out = run / "eval"
     name = split + ("_xseen" if exclude_seen else "")
     atomic_write_json(out / f"{name}.json", result)
@@ -137,9 +164,17 @@ def evaluate_run(
 
 
 def format_table(result: dict) -> str:
-    """Markdown table of the model against popularity."""
+    """Markdown table of the model against popularity (and of cold / warm targets apart, when scored)."""
     keys = [k for k in result["genrec"] if "@" in k or k in ("mrr", "invalid_rate")]
     lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name in ("genrec", "popularity"):
         lines.append(f"| {name} | " + " | ".join(f"{result[name][k]:.4f}" for k in keys) + " |")
+        for group in ("cold_targets", "warm_targets"):
+            if group in result[name]:
+                m = result[name][group]
+                lines.append(
+                    f"| {name}, {group.replace('_', ' ')} ({m['users']} users) | "
+                    + " | ".join(f"{m[k]:.4f}" if k in m else "" for k in keys)
+                    + " |"
+                )
     return "\n".join(lines)

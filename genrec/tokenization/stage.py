@@ -6,6 +6,11 @@ Writes ``RUN/tokenize/``:
 * ``sid_tokenizer/``: the fitted quantizer, so new items get IDs without refitting;
 * ``item_vectors.npy``: the vectors that were quantized (for inspection and new-item checks);
 * ``report.json`` and ``code_usage.png``: collision rate, codebook usage, reconstruction error.
+
+Under the cold-start protocol (``data.cold_items``) the codebooks are fit on the warm items
+only; the held-out items then get their IDs from their text as ``genrec items add`` gives
+them (:func:`~genrec.tokenization.updates.new_item_vectors` and
+:meth:`~genrec.tokenization.semantic_ids.SemanticIdTokenizer.assign_new`, no refit).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from genrec.tokenization.embeddings import (
     text_embeddings,
 )
 from genrec.tokenization.semantic_ids import SemanticIdTokenizer, plot_code_usage
+from genrec.tokenization.updates import new_item_vectors
 
 #: RUN/tokenize/ folder of the SASRec fitted for `collab_method: sasrec`
 SASREC_DIR = "collab_sasrec"
@@ -96,16 +102,46 @@ def tokenize_stage(cfg: GenrecConfig) -> Catalog:
     dataset = PreparedDataset.load(run / "data")
     template = cfg.tokenize.embedding.template or dataset.default_template
     texts = item_texts(dataset.items, template)
+    ecfg = cfg.tokenize.embedding
+    cold = dataset.cold_rows()
+    if cold and ecfg.source == "collab":
+        raise InputError(
+            "the cold-start protocol (data.cold_items) needs semantic IDs from item text, "
+            "but tokenize.embedding.source is collab",
+            "set tokenize.embedding.source: text or both",
+        )
     t0 = time.perf_counter()
     X, vec_report, fitted = item_vectors(dataset, cfg, texts)
     t_embed = time.perf_counter() - t0
+    embedding = {
+        "source": ecfg.source,
+        "model": ecfg.model,
+        "template": template,
+        "batch_size": ecfg.batch_size,
+        "collab_dim": vec_report.get("collab_width", ecfg.collab_dim),
+        "collab_method": ecfg.collab_method,
+        "text_fields": list(dataset.text_fields),
+    }
     sid = SemanticIdTokenizer(cfg.tokenize.quantizer, cfg.tokenize.min_dedup_codes)
     t0 = time.perf_counter()
-    sid.fit(X)
+    if cold:
+        warm = dataset.warm_rows()
+        sid.fit(X[warm])
+        codes = np.zeros((len(X), sid.codes_.shape[1]), dtype=np.int64)
+        codes[warm] = sid.codes_
+        # the items-add path: text vectors (zeros for the collaborative part), the fitted codebooks
+        cache = cfg.resolve_path(ecfg.cache_dir) if ecfg.cache_dir else cache_dir("embeddings")
+        cold_vectors = new_item_vectors([texts[i] for i in cold], embedding, cache_dir=cache)
+        codes[cold] = sid.assign_new(cold_vectors, sid.codes_)
+        X[cold] = cold_vectors
+        vec_report["cold_items"] = len(cold)
+    else:
+        sid.fit(X)
+        codes = sid.codes_
     t_fit = time.perf_counter() - t0
     catalog = Catalog(
         dataset.items["item_id"].astype(str).tolist(),
-        sid.codes_,
+        codes,
         sid.level_sizes_,
         display_titles(dataset, texts),
         texts,
@@ -146,22 +182,7 @@ def tokenize_stage(cfg: GenrecConfig) -> Catalog:
         for name, model in fitted.items():
             model.save(out / name)
         # what new items need to be embedded the same way later (genrec items add)
-        ecfg = cfg.tokenize.embedding
-        (out / "embedding.json").write_text(
-            json.dumps(
-                {
-                    "source": ecfg.source,
-                    "model": ecfg.model,
-                    "template": template,
-                    "batch_size": ecfg.batch_size,
-                    "collab_dim": vec_report.get("collab_width", ecfg.collab_dim),
-                    "collab_method": ecfg.collab_method,
-                    "text_fields": list(dataset.text_fields),
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        (out / "embedding.json").write_text(json.dumps(embedding, indent=2) + "\n")
     return catalog
 
 

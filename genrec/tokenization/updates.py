@@ -27,7 +27,7 @@ import pandas as pd
 from genrec.errors import InputError
 from genrec.io import atomic_files
 from genrec.tokenization.catalog import Catalog
-from genrec.tokenization.embeddings import empty_texts, item_texts, text_embeddings
+from genrec.tokenization.embeddings import combine, empty_texts, item_texts, text_embeddings
 from genrec.tokenization.semantic_ids import SemanticIdTokenizer
 
 
@@ -110,6 +110,21 @@ def read_items_file(path: str | Path) -> pd.DataFrame:
     return df
 
 
+def new_item_vectors(texts: Sequence[str], emb: dict, cache_dir: str | Path | None = None) -> np.ndarray:
+    """Vectors of items that have text and no interactions, as the run's quantizer expects them.
+
+    ``emb`` is the run's ``tokenize/embedding.json``. The text part is embedded with the run's
+    model; with ``source: both`` the collaborative part is zeros (a new item has no
+    interactions), so the text part alone places it.
+    """
+    X = text_embeddings(
+        texts, model=emb["model"], batch_size=emb["batch_size"], show_progress=False, cache_dir=cache_dir
+    )
+    if emb["source"] == "both":
+        X = combine(X, np.zeros((len(X), emb["collab_dim"]), dtype=np.float32))
+    return X
+
+
 def add_items(run: str | Path, items: pd.DataFrame) -> list[tuple[str, str]]:
     """Give ``items`` (item_id + text fields) unique semantic IDs and add them to the run's catalog.
 
@@ -135,11 +150,7 @@ def add_items(run: str | Path, items: pd.DataFrame) -> list[tuple[str, str]]:
     titles = [t or x[:80] for t, x in zip(titles, texts)]
     _check_not_in(Catalog.load(folder), items["item_id"])  # before loading the encoder; again under the lock
     # embedding needs no catalog: done before taking the lock, so edits wait only for writes
-    X = text_embeddings(texts, model=emb["model"], batch_size=emb["batch_size"], show_progress=False)
-    if emb["source"] == "both":
-        from genrec.tokenization.embeddings import combine
-
-        X = combine(X, np.zeros((len(X), emb["collab_dim"]), dtype=np.float32))
+    X = new_item_vectors(texts, emb)
     with catalog_lock(run):
         catalog = Catalog.load(folder)
         _check_not_in(catalog, items["item_id"])

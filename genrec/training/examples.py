@@ -24,6 +24,7 @@ def training_examples(
     min_history: int = 1,
     next_item_examples: str = "prefixes",
     history_labels: bool = False,
+    catalog_items: Sequence[int] | None = None,
 ) -> list[Example]:
     """All training examples for one epoch, before shuffling.
 
@@ -41,7 +42,8 @@ def training_examples(
 
     ``conversational`` samples that many per prefix (weight 0.25 -> a quarter as
     many); the text tasks cover each catalog item ``weight`` times (fractions
-    sample a subset).
+    sample a subset). ``catalog_items`` limits them to those rows (the warm items of the
+    cold-start protocol, whose held-out items no example may show); None is every item.
     """
     unknown = set(weights) - set(TASKS)
     if unknown:
@@ -59,7 +61,7 @@ def training_examples(
         out.append(fmt.next_item(hist, target, history_labels=history_labels))
     for hist, target in _sample(pairs, weights.get("conversational", 0.0), rng):
         out.append(fmt.conversational(hist, target, rng))
-    items = list(range(len(fmt.catalog)))
+    items = list(range(len(fmt.catalog))) if catalog_items is None else list(catalog_items)
     for item in _sample(items, weights.get("text_to_id", 0.0), rng):
         out.append(fmt.text_to_id(item))
     for item in _sample(items, weights.get("id_to_text", 0.0), rng):

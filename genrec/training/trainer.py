@@ -169,6 +169,7 @@ class Trainer:
             seed=self.cfg.seed,
             next_item_examples=self.tcfg.next_item_examples,
             history_labels=self.tcfg.history_loss > 0,
+            catalog_items=self.dataset.warm_rows() if self.dataset.cold_items else None,
         )
         if not self.examples:
             raise InputError(
