@@ -223,6 +223,9 @@ def evaluate(
     conversational: bool = typer.Option(
         False, help="Give the history as text (titles) instead of IDs: ID prompt vs resolved titles vs raw text prompt."
     ),
+    new_item_slots: Optional[int] = typer.Option(
+        None, help="Cold-start protocol: places per list given to the held-out items (default: eval.new_item_slots)."
+    ),
 ) -> None:
     """Recall@5/10, NDCG@5/10, MRR, invalid-item rate and coverage, beside popularity; saved in RUN/eval."""
     from genrec.evaluation.evaluator import evaluate_run, format_table
@@ -259,6 +262,7 @@ def evaluate(
         seed=seed,
         bf16=bf16,
         exclude_seen=exclude_seen,
+        new_item_slots=ecfg.new_item_slots if new_item_slots is None else new_item_slots,
     )
     typer.echo(f"{split} split, {result['users']} users, beam {num_beams}, {result['protocol']}:")
     typer.echo(format_table(result))

@@ -413,6 +413,13 @@ class EvalConfig(_Section):
         "Decode in bf16 where the CPU runs it natively (fp32 when false or where bf16 is "
         "emulated; use fp32 to compare rankings exactly).",
     )
+    new_item_slots: int = _f(
+        0,
+        "Cold-start protocol: places of each top-k list `genrec evaluate` gives to the held-out (new) items, "
+        "ranked by the model's probability of their first code shared by the items under it. The beams "
+        "alone almost never reach an item the model was never trained on.",
+        ge=0,
+    )
 
 
 @dataclass

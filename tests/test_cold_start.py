@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import TRAIN_BASE
 
 from genrec.config import load_config
@@ -139,3 +140,26 @@ def test_cold_start_needs_ids_from_text(tmp_path):
     prepare_stage(cfg)
     with pytest.raises(InputError, match="source: text or both"):
         tokenize_stage(cfg)
+
+
+def test_new_item_places_hold_new_items_and_respect_exclusions(trained_demo_run):
+    from genrec.decoding.hf import GenerativeRecommender
+
+    rec = GenerativeRecommender.from_folder(trained_demo_run / "model")
+    ds = PreparedDataset.load(trained_demo_run)
+    _, histories, _ = ds.split_rows("test", 24, 0)
+    plain = rec.recommend(histories, k=10, num_beams=10)
+    # stand-ins for new items: rows the beams did not return
+    returned = {r.index for row in plain for r in row}
+    new = [i for i in range(len(rec.catalog)) if i not in returned][:50]
+    banned = new[:5]
+    ranked = rec.recommend(
+        histories, k=10, num_beams=10, new_items=new, new_item_slots=2, exclude=[banned] * len(histories)
+    )
+    scores = rec.new_item_scores([rec.formatter.next_item_prompt(h) for h in histories], new)
+    for row, before, s in zip(ranked, plain, scores):
+        picked = [r.index for r in row if r.index in set(new)]
+        assert len(row) == 10 and len(picked) == 2 and not set(picked) & set(banned)
+        best = [new[j] for j in torch.argsort(s, descending=True, stable=True).tolist() if new[j] not in banned][:2]
+        assert sorted(picked) == sorted(best)
+        assert [r.index for r in row if r.index not in set(new)] == [r.index for r in before][:8]

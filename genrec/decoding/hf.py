@@ -57,6 +57,8 @@ class GenerativeRecommender:
         num_beams: int = 20,
         batch_size: int = 16,
         prompts: Sequence[Sequence[int]] | None = None,
+        new_items: Sequence[int] | None = None,
+        new_item_slots: int = 0,
     ) -> list[list[Recommendation]]:
         """Top-``k`` items for each history (catalog rows), best first.
 
@@ -68,6 +70,12 @@ class GenerativeRecommender:
             num_beams: beam width.
             batch_size: users decoded together.
             prompts: ready prompt token ids instead of history prompts (e.g. conversational).
+            new_items: catalog rows of items the model was never trained on (added after
+                training; the cold-start protocol's held-out items).
+            new_item_slots: how many of the ``k`` places go to ``new_items``, ranked by
+                :meth:`new_item_scores`. The beams almost never reach a new item: its codes
+                below the first are a path the model never learned, so its first code is
+                the one level of its ID the model's probability still speaks for.
         """
         if k > num_beams:
             raise InputError(
@@ -85,15 +93,13 @@ class GenerativeRecommender:
                 else [self.formatter.next_item_prompt(h) for h in histories[start:stop]]
             )
             ids, mask = left_pad(batch_prompts, self.pad_id)
+            exclusion = self._exclusion(exclude, allow, start, stop)
             ranked = constrained_beam_search(
-                self.model,
-                ids,
-                mask,
-                self.trie,
-                num_beams=num_beams,
-                top_k=k,
-                exclusion=self._exclusion(exclude, allow, start, stop),
+                self.model, ids, mask, self.trie, num_beams=num_beams, top_k=k, exclusion=exclusion
             )
+            if new_items and new_item_slots > 0:
+                banned = self._banned(exclude, allow, start, stop)
+                ranked = self._with_new_items(ranked, batch_prompts, new_items, new_item_slots, k, banned)
             out.extend(Recommendation.rows(self.catalog, row) for row in ranked)
             bar.update(stop - start)
         bar.close()
@@ -130,15 +136,54 @@ class GenerativeRecommender:
             )
         return Recommendation.rows(self.catalog, draws.ranking())
 
+    @torch.inference_mode()
+    def new_item_scores(self, prompts: Sequence[Sequence[int]], items: Sequence[int]) -> torch.Tensor:
+        """``(len(prompts), len(items))`` back-off scores of items the model was never trained on.
+
+        log P(the item's first code | prompt) - log(catalog items under that first code): the
+        model's probability of the item's region, shared evenly by the items in it (what an
+        item there gets on average, not what the best one gets). The codes below are a path the
+        model never learned; asking it about the second code too ranked new items worse on the
+        demo set (it prefers the second codes of the items it was trained on).
+        """
+        first = torch.as_tensor(self.catalog.token_ids(self.formatter.tokenizer)[:, 0], dtype=torch.long)
+        rows = torch.as_tensor(list(items), dtype=torch.long)
+        _, inverse, counts = torch.unique(first, return_inverse=True, return_counts=True)
+        return self._next_logprobs(prompts)[:, first[rows]] - counts[inverse[rows]].float().log()
+
+    def _next_logprobs(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Log-probabilities of the next token after each prompt: ``(len(prompts), vocab)``."""
+        ids, mask = left_pad(prompts, self.pad_id)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits
+        return torch.log_softmax(logits[:, -1].float(), dim=-1)
+
+    def _with_new_items(self, ranked, prompts, new_items, slots: int, k: int, banned: list[set[int]]) -> list:
+        """Each row's ranking with its last ``slots`` places given to the best-scored new items."""
+        new = list(new_items)
+        new_set = set(new)
+        scores = self.new_item_scores(prompts, new)
+        out = []
+        for row, ranking in enumerate(ranked):
+            order = torch.argsort(scores[row], descending=True, stable=True).tolist()  # ties: catalog order
+            picks = [(new[j], float(scores[row, j])) for j in order if new[j] not in banned[row]][:slots]
+            kept = [(i, s) for i, s in ranking if i not in new_set][: k - len(picks)]
+            out.append(sorted(kept + picks, key=lambda p: -p[1]))
+        return out
+
     def _exclusion(self, exclude, allow, start: int, stop: int):
         """The trie exclusion of rows start..stop: their excluded rows plus everything outside their allow-list."""
         if exclude is None and allow is None:
             return None
+        return self.trie.exclusion([sorted(b) for b in self._banned(exclude, allow, start, stop)])
+
+    def _banned(self, exclude, allow, start: int, stop: int) -> list[set[int]]:
+        """Per row start..stop: its excluded rows plus everything outside its allow-list."""
         everything = set(range(len(self.catalog))) if allow is not None else set()
         rows = []
         for u in range(start, stop):
             banned = set(exclude[u]) if exclude is not None and exclude[u] is not None else set()
             if allow is not None and allow[u] is not None:
                 banned |= everything - set(allow[u])
-            rows.append(sorted(banned))
-        return self.trie.exclusion(rows)
+            rows.append(banned)
+        return rows

@@ -131,10 +131,14 @@ def evaluate_run(
     bf16: bool = True,
     exclude_seen: bool = False,
     progress: bool = True,
+    new_item_slots: int = 0,
 ) -> dict:
     """Metrics of RUN/model and of the popularity baseline on ``split``; written to RUN/eval/SPLIT.json.
 
     With ``exclude_seen`` the files are ``SPLIT_xseen.json`` (both protocols can sit side by side).
+    Under the cold-start protocol, ``new_item_slots`` places of each list go to the held-out items
+    (see :meth:`~genrec.decoding.hf.GenerativeRecommender.recommend`); the file name then ends
+    in ``_newN``.
     """
     from genrec.decoding.hf import GenerativeRecommender
     from genrec.models.popularity import PopularityRecommender
@@ -145,19 +149,21 @@ def evaluate_run(
     dataset = PreparedDataset.load(run / "data")
     evaluator = Evaluator(dataset, split, max_users, seed, exclude_seen, k)
     rec = GenerativeRecommender.from_folder(run / "model")
+    new = {"new_items": dataset.cold_rows(), "new_item_slots": new_item_slots} if new_item_slots else {}
     with autocast(bf16):
-        model = evaluator.evaluate(rec, progress=progress, num_beams=num_beams, batch_size=batch_size)
+        model = evaluator.evaluate(rec, progress=progress, num_beams=num_beams, batch_size=batch_size, **new)
     pop = evaluator.evaluate(PopularityRecommender(rec.catalog).fit(dataset.train_rows(), dataset.n_items))
     pop.metrics.pop("seconds_per_user", None)
     result = {
         **model.info,
         "num_beams": num_beams,
         "bf16": bf16,
+        "new_item_slots": new_item_slots,
         "genrec": {**model.metrics, **model.groups},
         "popularity": {**pop.metrics, **pop.groups},
     }
     out = run / "eval"
-    name = split + ("_xseen" if exclude_seen else "")
+    name = split + ("_xseen" if exclude_seen else "") + (f"_new{new_item_slots}" if new_item_slots else "")
     atomic_write_json(out / f"{name}.json", result)
     write_recommendations(out / f"{name}_recommendations.jsonl", model)
     return result
