@@ -36,7 +36,7 @@ from serving import _cpu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "cold_start.json"
-DOCS = ROOT / "docs" / "benchmarks.md"
+DOCS = ROOT / "docs" / "new-items-and-requests.md"
 BEGIN, END = "<!-- cold_start:begin (bench/cold_start.py docs) -->", "<!-- cold_start:end -->"
 DATASETS = {"demo": "configs/demo.yaml", "scientific": "configs/scientific-scratch.yaml"}
 SLOTS = (0, 1, 2)

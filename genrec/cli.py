@@ -226,6 +226,11 @@ def evaluate(
     new_item_slots: Optional[int] = typer.Option(
         None, help="Cold-start protocol: places per list given to the held-out items (default: eval.new_item_slots)."
     ),
+    requests: bool = typer.Option(
+        False,
+        help="Natural-language requests that state the target's category/brand, never its title, alone and "
+        "with liked titles: the chat path, the text prompt, MiniLM retrieval (with and without the history).",
+    ),
 ) -> None:
     """Recall@5/10, NDCG@5/10, MRR, invalid-item rate and coverage, beside popularity; saved in RUN/eval."""
     from genrec.evaluation.evaluator import evaluate_run, format_table
@@ -235,6 +240,17 @@ def evaluate(
     max_users = ecfg.max_users if max_users is None else max_users
     exclude_seen = ecfg.exclude_seen if exclude_seen is None else exclude_seen
     bf16 = ecfg.bf16 and not fp32
+    if requests:
+        from genrec.evaluation.requests import evaluate_requests, format_requests
+
+        res = evaluate_requests(run, split, k=k, num_beams=num_beams, max_users=max_users or 1000, seed=seed, bf16=bf16)
+        typer.echo(
+            f"{split} split, {res['users']} users asked, beam {num_beams} "
+            f"(left out: {res['users_without_wish']} without category or brand, "
+            f"{res['users_whose_title_would_leak']} whose title would appear in the request)"
+        )
+        typer.echo(format_requests(res))
+        return
     if conversational:
         from genrec.evaluation.conversational import evaluate_conversational
 
