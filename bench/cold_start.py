@@ -101,9 +101,21 @@ def run(dataset: str, seed: int, selection: str) -> None:
         teacher = "sasrec" if seed == 0 else f"sasrec-seed{seed}"
         train += ["-s", f"train.distill_from={rd.relative_to(ROOT)}/baselines/{teacher}"]
     cmds["train"] = _genrec("train", config, *train)
-    t0 = time.time()
     _call(cmds["train"], log)
-    train_minutes = (time.time() - t0) / 60
+    for slots in SLOTS:
+        _call(_genrec("evaluate", str(rd.relative_to(ROOT)), "--new-item-slots", str(slots)), log)
+    collect(dataset, seed, selection)
+
+
+def collect(dataset: str, seed: int, selection: str) -> None:
+    """Rows of a finished run folder (commands from its bench.log) into the results file, then the docs."""
+    rd = ROOT / "runs" / f"cold-{dataset}-{selection}-s{seed}"
+    logged = [line[2:] for line in (rd / "bench.log").read_text().splitlines() if line.startswith("$ genrec ")]
+
+    def command(*words: str) -> str:
+        return next(c for c in reversed(logged) if c.startswith(" ".join(["genrec", *words])))
+
+    manifest = json.loads((rd / "manifest.json").read_text())["stages"]["model"]
     rows = []
     record = {
         "dataset": dataset,
@@ -113,21 +125,23 @@ def run(dataset: str, seed: int, selection: str) -> None:
         "measured": time.strftime("%Y-%m-%d"),
     }
     for name in ("popularity", "content", "sasrec"):
-        sub = "sasrec" if seed == 0 or name != "sasrec" else f"sasrec-seed{seed}"
+        sub = f"sasrec-seed{seed}" if name == "sasrec" and seed else name
         m = json.loads((rd / "baselines" / sub / "metrics_test.json").read_text())
-        rows.append({**record, "system": name, **_metrics(m), "command": _sh(cmds[name]), "commit": m["commit"]})
+        cmd = command("baseline", name)
+        rows.append({**record, "system": name, **_metrics(m), "command": cmd, "commit": m["commit"]})
     for slots in SLOTS:
-        cmd = _genrec("evaluate", str(rd.relative_to(ROOT)), "--new-item-slots", str(slots))
-        _call(cmd, log)
         m = json.loads((rd / "eval" / ("test" + (f"_new{slots}" if slots else "") + ".json")).read_text())
         rows.append(
             {
                 **record,
                 "system": f"genrec, {slots} new-item places" if slots else "genrec",
                 **_metrics(m["genrec"]),
-                "train_minutes": round(train_minutes, 1),
-                "command": _sh(cmds["train"]) + " && " + _sh(cmd),
+                "train_steps": manifest["steps"],
+                "command": command("train")
+                + " && "
+                + command("evaluate", str(rd.relative_to(ROOT)), "--new-item-slots", str(slots)),
                 "commit": m["commit"],
+                "trained_at_commit": manifest["commit"],
             }
         )
     old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
@@ -177,10 +191,16 @@ def main() -> None:
     a.add_argument("dataset", choices=sorted(DATASETS))
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--selection", choices=("newest", "random"), default="newest")
+    c = sub.add_parser("collect")
+    c.add_argument("dataset", choices=sorted(DATASETS))
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--selection", choices=("newest", "random"), default="newest")
     sub.add_parser("docs")
     args = ap.parse_args()
     if args.what == "run":
         run(args.dataset, args.seed, args.selection)
+    elif args.what == "collect":
+        collect(args.dataset, args.seed, args.selection)
     else:
         docs()
 
