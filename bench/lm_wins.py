@@ -98,8 +98,8 @@ def _copy_prepared(src: Path, dst: Path) -> None:
         (shutil.copytree if p.is_dir() else shutil.copy)(p, dst / part)
 
 
-def _train(dataset: str, variant: str, base: Path, minutes: float, log: Path) -> tuple[Path, str]:
-    """(run folder, train command) of one variant."""
+def _train(dataset: str, variant: str, base: Path, minutes: float, log: Path) -> Path:
+    """The run folder of one trained variant."""
     config = CONFIGS[dataset]
     rd = ROOT / "runs" / f"lmwins-{dataset}-{variant}"
     _copy_prepared(base, rd)
@@ -113,17 +113,22 @@ def _train(dataset: str, variant: str, base: Path, minutes: float, log: Path) ->
         sets += [*SCRATCH.get(dataset, []), TASKS, f"train.distill_from={rd.relative_to(ROOT)}/baselines/sasrec"]
     else:
         sets += [*SMOLLM2, f"train.max_minutes={minutes:g}"]
-    cmd = _genrec("train", config, *[x for s in sets for x in ("-s", s)])
-    _call(cmd, log)
-    return rd, _sh(cmd)
+    _call(_genrec("train", config, *[x for s in sets for x in ("-s", s)]), log)
+    return rd
 
 
-def _measures(rd: Path, users: int, log: Path) -> tuple[dict, list[str]]:
-    out, cmds = {}, []
+def _evaluate(rd: Path, users: int, log: Path) -> None:
     for slots in (0, 1):
-        cmd = _genrec("evaluate", str(rd.relative_to(ROOT)), "--max-users", str(users), "--new-item-slots", str(slots))
-        _call(cmd, log)
-        cmds.append(_sh(cmd))
+        _call(
+            _genrec("evaluate", str(rd.relative_to(ROOT)), "--max-users", str(users), "--new-item-slots", str(slots)),
+            log,
+        )
+    _call(_genrec("evaluate", str(rd.relative_to(ROOT)), "--requests", "--max-users", str(users)), log)
+
+
+def _measures(rd: Path) -> dict:
+    out = {}
+    for slots in (0, 1):
         m = json.loads((rd / "eval" / ("test" + (f"_new{slots}" if slots else "") + ".json")).read_text())["genrec"]
         keep = ("recall@10", "ndcg@10", "users")
         out[f"new{slots}"] = {
@@ -132,9 +137,6 @@ def _measures(rd: Path, users: int, log: Path) -> tuple[dict, list[str]]:
             "warm": {k: m["warm_targets"][k] for k in keep},
             "cold_share@10": m["cold_share@10"],
         }
-    cmd = _genrec("evaluate", str(rd.relative_to(ROOT)), "--requests", "--max-users", str(users))
-    _call(cmd, log)
-    cmds.append(_sh(cmd))
     req = json.loads((rd / "eval" / "test_requests.json").read_text())
     out["requests"] = {
         "users": req["users"],
@@ -147,7 +149,7 @@ def _measures(rd: Path, users: int, log: Path) -> tuple[dict, list[str]]:
             for form in ("wish", "liked_wish")
         },
     }
-    return out, cmds
+    return out
 
 
 def run(dataset: str, minutes: float, users: int) -> None:
@@ -155,23 +157,37 @@ def run(dataset: str, minutes: float, users: int) -> None:
     if not (base / "model").is_dir():
         raise SystemExit(f"{base} has no model: run `python bench/cold_start.py run {dataset}` first")
     log = ROOT / "runs" / f"lmwins-{dataset}.log"
+    for variant in ("scratch", "smollm2"):
+        rd = _train(dataset, variant, base, minutes, log)
+        _evaluate(rd, users, log)
+    collect(dataset)
+
+
+def collect(dataset: str) -> None:
+    """Rows of the finished runs (commands from runs/lmwins-DATASET.log) into the results file, then the docs."""
+    logged = [
+        line[2:] for line in (ROOT / "runs" / f"lmwins-{dataset}.log").read_text().splitlines() if line.startswith("$ ")
+    ]
     rows = []
     for variant in ("scratch", "smollm2"):
-        t0 = time.time()
-        rd, train_cmd = _train(dataset, variant, base, minutes, log)
-        train_minutes = (time.time() - t0) / 60
-        steps = json.loads((rd / "manifest.json").read_text())["stages"]["model"]["steps"]
-        measures, cmds = _measures(rd, users, log)
+        rd = ROOT / "runs" / f"lmwins-{dataset}-{variant}"
+        name = str(rd.relative_to(ROOT))
+        mine = [c for c in logged if f"run_dir={name} " in c + " " or f" {name} " in c + " "]
+        manifest = json.loads((rd / "manifest.json").read_text())["stages"]["model"]
+        state = json.loads((rd / "train" / "state.json").read_text())
         rows.append(
             {
                 "dataset": dataset,
                 "variant": variant,
-                "train_minutes": round(train_minutes, 1),
-                "steps": steps,
-                **measures,
-                "commands": [train_cmd, *cmds],
+                "train_minutes": round(state["minutes"], 1),
+                "steps": manifest["steps"],
+                **_measures(rd),
+                # the last train command and the evaluations after it
+                "commands": mine[max(i for i, c in enumerate(mine) if c.startswith("genrec train")) :],
                 "cpu": _cpu(),
-                "commit": json.loads((rd / "eval" / "test.json").read_text())["commit"],
+                "commit": json.loads((rd / "eval" / "test_requests.json").read_text()).get("commit")
+                or json.loads((rd / "eval" / "test.json").read_text())["commit"],
+                "trained_at_commit": manifest["commit"],
                 "measured": time.strftime("%Y-%m-%d"),
             }
         )
@@ -192,7 +208,7 @@ def docs() -> None:
             f"request), {first['cpu']}, {first['measured']}. Commands in `bench/results/lm_wins.json`.",
             "",
             "| model | train min | warm N@10 | cold R@10 (1 new place) | cold N@10 (1 new place) | "
-            "wish R@10 (chat / text / MiniLM) | liked+wish R@10 (chat / text / MiniLM+history) |",
+            "wish R@10 (IDs / text / MiniLM) | liked+wish R@10 (IDs / text / MiniLM+history) |",
             "|---|---:|---:|---:|---:|---|---|",
         ]
         for r in part:
@@ -200,8 +216,8 @@ def docs() -> None:
             wish, lw = q["wish"], q["liked_wish"]
             lines.append(
                 f"| {r['variant']} | {r['train_minutes']:.0f} | {w['ndcg@10']:.4f} | {c['recall@10']:.4f} | "
-                f"{c['ndcg@10']:.4f} | {wish['chat_path']['recall@10']:.3f} / {wish['text_prompt']['recall@10']:.3f}"
-                f" / {wish['minilm']['recall@10']:.3f} | {lw['chat_path']['recall@10']:.3f} / "
+                f"{c['ndcg@10']:.4f} | {wish['resolved_ids']['recall@10']:.3f} / {wish['text_prompt']['recall@10']:.3f}"
+                f" / {wish['minilm']['recall@10']:.3f} | {lw['resolved_ids']['recall@10']:.3f} / "
                 f"{lw['text_prompt']['recall@10']:.3f} / {lw['minilm_history']['recall@10']:.3f} |"
             )
         lines.append("")
@@ -223,10 +239,14 @@ def main() -> None:
     a.add_argument("dataset", choices=sorted(CONFIGS))
     a.add_argument("--minutes", type=float, default=45)
     a.add_argument("--users", type=int, default=1000)
+    c = sub.add_parser("collect")
+    c.add_argument("dataset", choices=sorted(CONFIGS))
     sub.add_parser("docs")
     args = ap.parse_args()
     if args.what == "run":
         run(args.dataset, args.minutes, args.users)
+    elif args.what == "collect":
+        collect(args.dataset)
     else:
         docs()
 

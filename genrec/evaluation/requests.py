@@ -15,8 +15,8 @@ a warm target are asked (the cold ones have their own table).
 
 Each request is answered four ways, scored by the one metrics module:
 
-``chat_path``       what `genrec serve`'s chat route does: titles in the text resolved to items
-                    become an ID prompt; without any, the text itself is the prompt;
+``resolved_ids``    titles in the text resolved to items become an ID prompt (the wish is
+                    dropped); without any, the text itself is the prompt;
 ``text_prompt``     the text is the model's prompt (meaningful for runs trained with the
                     ``conversational`` task, which shows such wishes);
 ``minilm``          the items whose text is nearest to the request's (MiniLM, the model the
@@ -25,7 +25,9 @@ Each request is answered four ways, scored by the one metrics module:
                     (:class:`~genrec.models.content.ContentRecommender`), weighted
                     ``HISTORY_WEIGHT``.
 
-Results go to RUN/eval/SPLIT_requests.json.
+`genrec serve`'s chat route does ``text_prompt`` for a model trained with the ``conversational``
+task and ``resolved_ids`` otherwise (:meth:`~genrec.prompts.PromptFormatter.chat_prompt`), as
+these rows measured. Results go to RUN/eval/SPLIT_requests.json.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from genrec.training.setup import category_strings
 #: weight of the history's content vector beside the request's in ``minilm_history``
 HISTORY_WEIGHT = 0.5
 FORMS = ("wish", "liked_wish")
-SYSTEMS = ("chat_path", "text_prompt", "minilm", "minilm_history")
+SYSTEMS = ("resolved_ids", "text_prompt", "minilm", "minilm_history")
 
 
 def wishes(dataset: PreparedDataset) -> list[str]:
@@ -176,7 +178,9 @@ def evaluate_requests(
         request_vecs = torch.from_numpy(text_embeddings(texts[form], model=model, show_progress=False))
         resolved = [read_conversation([{"role": "user", "content": t}], index).liked for t in texts[form]]
         prompts = {
-            "chat_path": [fmt.next_item_prompt(r) if r else fmt.prompt_ids(t) for r, t in zip(resolved, texts[form])],
+            "resolved_ids": [
+                fmt.next_item_prompt(r) if r else fmt.prompt_ids(t) for r, t in zip(resolved, texts[form])
+            ],
             "text_prompt": [fmt.prompt_ids(t) for t in texts[form]],
         }
         result[form] = {"history_items_resolved": sum(bool(r) for r in resolved) / max(1, len(resolved))}

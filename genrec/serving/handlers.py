@@ -418,10 +418,7 @@ class Handlers:
         req = read_conversation(messages, v.titles)
         exclude = excluded_rows(v, body.filters, set(req.exclude))
         allow = allow_list(v, body.filters, req.years)
-        if req.liked:
-            prompt = v.formatter.next_item_prompt(req.liked)  # the task every run is trained on
-        else:
-            prompt = v.formatter.prompt_ids(req.last_user_text)
+        prompt = v.formatter.chat_prompt(req.liked, req.last_user_text)
         self.check_length(prompt, v, "messages")
         return Plan(v, prompt, k, beams, exclude, allow, body.sampling), req
 

@@ -159,6 +159,7 @@ class Trainer:
             with_titles=self.tcfg.with_titles,
             item_tokens=self.tcfg.item_tokens,
             categories=category_strings(self.dataset),
+            reads_requests=self.tcfg.tasks.get("conversational", 0.0) > 0,
         )
         self.trie = ItemTrie(self.catalog.token_ids(self.tokenizer), vocab_size=len(self.tokenizer))
         self.train_seqs = self.dataset.train_rows()
