@@ -59,6 +59,13 @@ def _call(cmd: list[str], log: Path) -> None:
             raise SystemExit(f"failed: {_sh(cmd)} (see {log})")
 
 
+def write_section(lines: list[str]) -> None:
+    """Replace the docs page's section between ``lines``' first and last line (its begin/end markers)."""
+    text = DOCS.read_text()
+    start, stop = text.index(lines[0]), text.index(lines[-1]) + len(lines[-1])
+    DOCS.write_text(text[:start] + "\n".join(lines) + text[stop:])
+
+
 def _metrics(m: dict) -> dict:
     """The numbers a row keeps: all, cold and warm targets, and the new items' share of places."""
     keep = ("recall@10", "ndcg@10", "users")
@@ -174,13 +181,7 @@ def docs() -> None:
             )
         lines.append("")
     lines.append(END)
-    text = DOCS.read_text()
-    if BEGIN in text:
-        start, stop = text.index(BEGIN), text.index(END) + len(END)
-        text = text[:start] + "\n".join(lines) + text[stop:]
-    else:
-        text = text.rstrip("\n") + "\n\n## Cold start: new items\n\n" + "\n".join(lines) + "\n"
-    DOCS.write_text(text)
+    write_section(lines)
     print("\n".join(lines))
 
 

@@ -25,19 +25,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cold_start import _call, _genrec, write_section  # noqa: E402
 from serving import _cpu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "lm_wins.json"
-DOCS = ROOT / "docs" / "new-items-and-requests.md"
 BEGIN, END = "<!-- lm_wins:begin (bench/lm_wins.py docs) -->", "<!-- lm_wins:end -->"
 CONFIGS = {"demo": "configs/demo.yaml", "scientific": "configs/scientific-scratch.yaml"}
 TASKS = "train.tasks={next_item: 1.0, conversational: 0.5}"
@@ -71,23 +69,6 @@ SMOLLM2 = [
     "train.save_every=0",
     TASKS,
 ]
-
-
-def _genrec(*args: str) -> list[str]:
-    return [str(Path(sys.executable).with_name("genrec")), *args]
-
-
-def _sh(cmd: list[str]) -> str:
-    return " ".join(["genrec", *cmd[1:]])
-
-
-def _call(cmd: list[str], log: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with open(log, "a") as f:
-        f.write(f"$ {_sh(cmd)}\n")
-        f.flush()
-        if subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode:
-            raise SystemExit(f"failed: {_sh(cmd)} (see {log})")
 
 
 def _copy_prepared(src: Path, dst: Path) -> None:
@@ -222,13 +203,7 @@ def docs() -> None:
             )
         lines.append("")
     lines.append(END)
-    text = DOCS.read_text()
-    if BEGIN in text:
-        start, stop = text.index(BEGIN), text.index(END) + len(END)
-        text = text[:start] + "\n".join(lines) + text[stop:]
-    else:
-        text = text.rstrip("\n") + "\n\n## Where the pretrained LM wins\n\n" + "\n".join(lines) + "\n"
-    DOCS.write_text(text)
+    write_section(lines)
     print("\n".join(lines))
 
 

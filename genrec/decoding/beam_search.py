@@ -49,7 +49,7 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Ten
     return ids, mask
 
 
-def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions that ignore left padding: the first real token of every row is position 0."""
     pos = attention_mask.long().cumsum(-1) - 1
     # pad slots get any valid position (they are masked out); 1 mirrors what `generate` does
@@ -95,7 +95,7 @@ def _prefill(model, input_ids, attention_mask, trie: ItemTrie, nb: int):
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        position_ids=_position_ids(attention_mask),
+        position_ids=position_ids(attention_mask),
         use_cache=True,
         logits_to_keep=1,
     )  # only the last position's logits are needed
@@ -108,7 +108,7 @@ def _prefill(model, input_ids, attention_mask, trie: ItemTrie, nb: int):
     cache = out.past_key_values
     cache.batch_repeat_interleave(nb)
     attention_mask = attention_mask.repeat_interleave(nb, dim=0)
-    return logits.repeat_interleave(nb, dim=0), cache, attention_mask, _position_ids(attention_mask)[:, -1:] + 1
+    return logits.repeat_interleave(nb, dim=0), cache, attention_mask, position_ids(attention_mask)[:, -1:] + 1
 
 
 def _rankings(

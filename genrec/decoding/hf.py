@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from genrec.decoding.beam_search import constrained_beam_search, left_pad
+from genrec.decoding.beam_search import constrained_beam_search, left_pad, position_ids
 from genrec.decoding.sampling import DistinctDraws, Sampling, constrained_sample
 from genrec.errors import InputError
 from genrec.exported import ExportedModel
@@ -93,12 +93,13 @@ class GenerativeRecommender:
                 else [self.formatter.next_item_prompt(h) for h in histories[start:stop]]
             )
             ids, mask = left_pad(batch_prompts, self.pad_id)
-            exclusion = self._exclusion(exclude, allow, start, stop)
+            banned = self._banned(exclude, allow, start, stop) if exclude is not None or allow is not None else None
+            exclusion = self.trie.exclusion([sorted(b) for b in banned]) if banned is not None else None
             ranked = constrained_beam_search(
                 self.model, ids, mask, self.trie, num_beams=num_beams, top_k=k, exclusion=exclusion
             )
             if new_items and new_item_slots > 0:
-                banned = self._banned(exclude, allow, start, stop)
+                banned = banned or [set() for _ in ranked]
                 ranked = self._with_new_items(ranked, batch_prompts, new_items, new_item_slots, k, banned)
             out.extend(Recommendation.rows(self.catalog, row) for row in ranked)
             bar.update(stop - start)
@@ -146,7 +147,7 @@ class GenerativeRecommender:
         model never learned; asking it about the second code too ranked new items worse on the
         demo set (it prefers the second codes of the items it was trained on).
         """
-        first = torch.as_tensor(self.catalog.token_ids(self.formatter.tokenizer)[:, 0], dtype=torch.long)
+        first = self.trie.sequences[:, 0]  # each item's first ID token
         rows = torch.as_tensor(list(items), dtype=torch.long)
         _, inverse, counts = torch.unique(first, return_inverse=True, return_counts=True)
         return self._next_logprobs(prompts)[:, first[rows]] - counts[inverse[rows]].float().log()
@@ -154,8 +155,9 @@ class GenerativeRecommender:
     def _next_logprobs(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
         """Log-probabilities of the next token after each prompt: ``(len(prompts), vocab)``."""
         ids, mask = left_pad(prompts, self.pad_id)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits
+        logits = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=1
+        ).logits
         return torch.log_softmax(logits[:, -1].float(), dim=-1)
 
     def _with_new_items(self, ranked, prompts, new_items, slots: int, k: int, banned: list[set[int]]) -> list:

@@ -83,9 +83,10 @@ class Evaluator:
         t0 = time.perf_counter()
         ranked = recommender.recommend(self.histories, k=self.k, exclude=exclude, progress=progress, **recommend_kwargs)
         seconds = time.perf_counter() - t0
-        metrics = evaluate_rankings(ranked_indices(ranked), self.targets, self.dataset.n_items, ks=self.ks)
+        rows = ranked_indices(ranked)
+        metrics = evaluate_rankings(rows, self.targets, self.dataset.n_items, ks=self.ks)
         metrics["seconds_per_user"] = seconds / max(1, len(self.users))
-        groups = self._cold_groups(ranked_indices(ranked), metrics) if self.dataset.cold_items else {}
+        groups = self._cold_groups(rows, metrics) if self.dataset.cold_items else {}
         info = {
             "split": self.split,
             "users": len(self.users),

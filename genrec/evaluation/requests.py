@@ -32,13 +32,12 @@ these rows measured. Results go to RUN/eval/SPLIT_requests.json.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
-
-import json
 
 import torch
 
