@@ -133,6 +133,24 @@ def train(config: Path = typer.Argument(..., help="YAML config."), set_: Optiona
     )
 
 
+@app.command("align")
+def align(config: Path = typer.Argument(..., help="YAML config."), set_: Optional[List[str]] = OverrideOpt) -> None:
+    """Preference-align RUN/model with S-DPO on its own beams (section `align`); export the result to RUN/model.
+
+    The starting model is kept in RUN/align/sft_model; a stopped run resumes from RUN/align/checkpoint.
+    """
+    from genrec.training.align import align as run_align
+
+    cfg = _load(config, set_)
+    _save_run_config(cfg)
+    state = run_align(cfg)
+    start = state.evals[0]["ndcg@10"] if state.evals else float("nan")
+    typer.echo(
+        f"aligned {state.step} steps ({state.stop_reason}); valid NDCG@10 {start:.4f} at the start, best "
+        f"{state.best_metric:.4f} at step {state.best_step} -> {Path(cfg.run_dir) / 'model'}"
+    )
+
+
 @app.command("recommend")
 def recommend(
     run: Path = typer.Argument(..., help="Run folder with an exported model."),

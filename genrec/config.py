@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import hashlib
 import json
+import re
 from typing import Any, ClassVar, Literal, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
@@ -394,6 +395,51 @@ class TrainConfig(_Section):
 
 
 @dataclass
+class AlignConfig(_Section):
+    """Preference alignment (`genrec align`): S-DPO on the trained model's own constrained beams.
+
+    Starting from ``RUN/model``, each training user's last training transition becomes one
+    preference: the item that came next (chosen) against the best-ranked items of the model's
+    own trie-constrained beam search for that history that did not come next (rejected). The
+    softmax DPO loss (S-DPO, Chen et al. 2024) raises the chosen item's log-likelihood ratio to
+    the frozen starting model over all rejected ones at once. The starting model is kept in
+    ``RUN/align/sft_model``; the aligned one replaces ``RUN/model`` when its validation NDCG@10
+    beats the start's (the validation before the first step counts).
+    """
+
+    _key: ClassVar[str] = "align"
+
+    negatives: int = _f(
+        5,
+        "Rejected items per preference: the model's top-ranked beam items that are not the next item (1: plain DPO).",
+        ge=1,
+    )
+    num_beams: int = _f(20, "Beam width of the search that mines the rejected items.", ge=1)
+    beta: float = _f(1.0, "DPO temperature on the log-likelihood ratios (larger: stay closer to the start).", gt=0)
+    preference_weight: float = _f(
+        1.0,
+        "Weight of the S-DPO loss (0 with sft_weight > 0: the control that only continues next-item "
+        "training on the same transitions, for ablations).",
+        ge=0,
+        why="it is a weight",
+    )
+    sft_weight: float = _f(
+        0.0,
+        "Weight of the plain cross-entropy on the chosen item's ID added to the preference loss "
+        "(anchors the likelihood of the right answer; 0 turns it off).",
+        ge=0,
+        why="it is a weight",
+    )
+    users: int = _f(0, "Training users mined for preferences, sampled with the seed (0: all).", ge=0)
+    lr: float = _f(1e-4, "Peak learning rate (AdamW; warm-up then cosine decay, as in training).", gt=0)
+    batch_size: int = _f(32, "Preferences (users) per optimizer step.", ge=1)
+    epochs: float = _f(1.0, "Passes over the preferences.", gt=0)
+    max_minutes: float = _f(0.0, "Time budget of the alignment loop in minutes (0: no limit).", ge=0, hash=False)
+    eval_every: int = _f(50, "Validate (and checkpoint) every N steps; the best validation is kept.", ge=1)
+    patience: int = _f(3, "Validations without a better NDCG@10 before stopping (0: never).", ge=0)
+
+
+@dataclass
 class EvalConfig(_Section):
     """Decoding and evaluation."""
 
@@ -540,6 +586,7 @@ class GenrecConfig(_Section):
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig, metadata={"help": "Tokenize section."})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Model section."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training section."})
+    align: AlignConfig = field(default_factory=AlignConfig, metadata={"help": "Preference alignment section."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Decoding/evaluation section."})
     sasrec: SASRecConfig = field(default_factory=SASRecConfig, metadata={"help": "SASRec baseline section."})
     engine: EngineConfig = field(default_factory=EngineConfig, metadata={"help": "vLLM engine section."})
@@ -621,6 +668,8 @@ def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
         return value
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if base is float and isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value.strip()):
+        return float(value)  # YAML 1.1 reads 3e-5 (no dot) as a string
     ok = not (base in (int, float) and isinstance(value, bool)) and isinstance(value, base)
     if not ok:
         raise InputError(

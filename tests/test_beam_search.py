@@ -68,10 +68,16 @@ def left_pad(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def teacher_forced_scores(model, prompt: list[int], id_tokens: np.ndarray) -> list[float]:
-    """Sum of log-probs of each ID's tokens after the (unpadded) prompt: plain forwards, no cache."""
+def teacher_forced_scores(model, prompt: list[int], id_tokens: np.ndarray, softmax: str = "ids") -> list[float]:
+    """Sum of log-probs of each ID's tokens after the (unpadded) prompt: plain forwards, no cache.
+
+    ``softmax="ids"``: each step's log-softmax over the code tokens only; ``"vocabulary"``: over all tokens.
+    """
     ids = torch.cat([torch.tensor(prompt).expand(len(id_tokens), -1), torch.as_tensor(id_tokens)], dim=1)
-    logp = torch.log_softmax(model(input_ids=ids).logits.float(), dim=-1)
+    logits = model(input_ids=ids).logits.float()
+    if softmax == "ids":
+        logits[..., :TEXT_VOCAB] = float("-inf")
+    logp = torch.log_softmax(logits, dim=-1)
     depth = id_tokens.shape[1]
     positions = torch.arange(len(prompt) - 1, len(prompt) + depth - 1)
     picked = logp[:, positions].gather(2, torch.as_tensor(id_tokens).unsqueeze(2)).squeeze(2)
@@ -93,10 +99,11 @@ def assert_same_ranking(got, want, tie: float = 1e-5, atol: float = 1e-4):
         assert {i for i, _ in got} == {i for i, _ in want}
 
 
-def test_items_are_real_distinct_and_scores_exact(setup):
+@pytest.mark.parametrize("softmax", ["ids", "vocabulary"])
+def test_items_are_real_distinct_and_scores_exact(setup, softmax):
     model, trie, sequences, prompts = setup
     ids, mask = left_pad(prompts)
-    ranked = constrained_beam_search(model, ids, mask, trie, num_beams=20, top_k=10)
+    ranked = constrained_beam_search(model, ids, mask, trie, num_beams=20, top_k=10, softmax=softmax)
     assert len(ranked) == len(prompts)
     for prompt, row in zip(prompts, ranked):
         assert len(row) == 10
@@ -105,7 +112,7 @@ def test_items_are_real_distinct_and_scores_exact(setup):
         assert all(0 <= i < trie.n_items for i in items)
         scores = [s for _, s in row]
         assert scores == sorted(scores, reverse=True)
-        want = teacher_forced_scores(model, prompt, sequences[items])
+        want = teacher_forced_scores(model, prompt, sequences[items], softmax)
         np.testing.assert_allclose(scores, want, atol=1e-4)
 
 
@@ -113,7 +120,7 @@ def test_items_are_real_distinct_and_scores_exact(setup):
 def test_matches_generate(setup, num_beams, top_k):
     model, trie, _, prompts = setup
     ids, mask = left_pad(prompts)
-    fast = constrained_beam_search(model, ids, mask, trie, num_beams=num_beams, top_k=top_k)
+    fast = constrained_beam_search(model, ids, mask, trie, num_beams=num_beams, top_k=top_k, softmax="vocabulary")
     slow = generate_reference(model, ids, mask, trie, num_beams=num_beams, top_k=top_k, eos_token_id=EOS)
     for got, want in zip(fast, slow):
         assert_same_ranking(got, want)
@@ -140,13 +147,13 @@ def test_exclusion(setup):
         list(range(trie.n_items)),  # everything
     ]
     ex = trie.exclusion(excluded)
-    ranked = constrained_beam_search(model, ids, mask, trie, num_beams=10, top_k=5, exclusion=ex)
+    ranked = constrained_beam_search(model, ids, mask, trie, num_beams=10, top_k=5, exclusion=ex, softmax="vocabulary")
     assert len(ranked[0]) == 5 and not {i for i, _ in ranked[0]} & set(excluded[0])
     assert sorted(i for i, _ in ranked[1]) == keep
     assert all(np.isfinite(s) for _, s in ranked[1])
     assert ranked[2] == []
     # scores stay true log-probs (masking must not renormalise)
-    want = teacher_forced_scores(model, prompts[1], sequences[[i for i, _ in ranked[1]]])
+    want = teacher_forced_scores(model, prompts[1], sequences[[i for i, _ in ranked[1]]], "vocabulary")
     np.testing.assert_allclose([s for _, s in ranked[1]], want, atol=1e-4)
     # the HF path with the same exclusion agrees
     slow = generate_reference(

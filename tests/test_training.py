@@ -533,7 +533,7 @@ def test_scratch_model_learns_the_demo_set(demo_run, tmp_path):
     histories = [[index[i] for i in h] for _, h, _ in ds.split("test")[:6]]
     prompts = [rec.formatter.next_item_prompt(h) for h in histories]
     ids, mask = left_pad(prompts, rec.pad_id)
-    ours = constrained_beam_search(rec.model, ids, mask, rec.trie, num_beams=10, top_k=10)
+    ours = constrained_beam_search(rec.model, ids, mask, rec.trie, num_beams=10, top_k=10, softmax="vocabulary")
     ref = generate_reference(
         rec.model, ids, mask, rec.trie, num_beams=10, top_k=10, eos_token_id=rec.formatter.tokenizer.eos_token_id
     )

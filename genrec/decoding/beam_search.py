@@ -15,16 +15,21 @@ and the benchmark), :func:`constrained_beam_search`:
 * handles exclusions (seen items, allow-lists) inside the trie walk, and returns
   fewer than ``top_k`` items rather than ``-inf`` junk when fewer are reachable.
 
-Scores are sums of the model's log-probabilities of the ID tokens (log-softmax
-over the full vocabulary, *before* masking), the same quantity HF beam search
-reports with ``length_penalty=0``.
+Scores are sums of the model's log-probabilities of the ID tokens. ``softmax="ids"`` (the
+default) takes each step's log-softmax over the ID tokens only: the model runs without its
+output head and only the head's ID-token rows are applied, because on a compact model the
+head over a 49k-token vocabulary and its log-sum-exp are most of a decoding step
+(`bench/beam_search.py` measures it), while a trained model puts almost no mass outside the
+ID tokens at an answer position. ``softmax="vocabulary"`` normalises over the full vocabulary,
+*before* masking: the quantity HF beam search reports with ``length_penalty=0``
+(:func:`generate_reference` ranks the same).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import Iterator, MutableMapping, Sequence
+from typing import Iterator, Literal, MutableMapping, Sequence
 
 import torch
 
@@ -74,6 +79,23 @@ def _timed(timings: MutableMapping[str, float] | None, key: str, device: torch.d
     timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
 
 
+#: Over which tokens each step's log-probabilities are normalised (see the module doc).
+Softmax = Literal["ids", "vocabulary"]
+
+
+def _id_logits(model, lo: int, hi: int):
+    """A function from final hidden states to the output head's logits of token ids ``lo..hi-1``.
+
+    None when the head is not a plain linear layer (then the full logits are computed and sliced).
+    """
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        return None
+    weight = head.weight[lo:hi]
+    bias = head.bias[lo:hi] if head.bias is not None else None
+    return lambda hidden: torch.nn.functional.linear(hidden, weight, bias)
+
+
 def _check_inputs(input_ids, attention_mask, num_beams: int, top_k: int, exclusion: Exclusion | None) -> None:
     if top_k > num_beams:
         raise ValueError(f"top_k={top_k} is larger than num_beams={num_beams}")
@@ -88,7 +110,7 @@ def _check_inputs(input_ids, attention_mask, num_beams: int, top_k: int, exclusi
 def _prefill(model, input_ids, attention_mask, trie: ItemTrie, nb: int):
     """Run each prompt once, then give every beam of a row a copy of the row's state.
 
-    Returns (logits of the last position per beam, KV cache per beam, attention mask per beam,
+    Returns (logits of the last position per row, KV cache per beam, attention mask per beam,
     the position of the next token per beam).
     """
     attention_mask = attention_mask.to(device=input_ids.device, dtype=torch.long)
@@ -108,7 +130,8 @@ def _prefill(model, input_ids, attention_mask, trie: ItemTrie, nb: int):
     cache = out.past_key_values
     cache.batch_repeat_interleave(nb)
     attention_mask = attention_mask.repeat_interleave(nb, dim=0)
-    return logits.repeat_interleave(nb, dim=0), cache, attention_mask, position_ids(attention_mask)[:, -1:] + 1
+    # one row of logits per prompt: all beams of a row start from the same state
+    return logits, cache, attention_mask, position_ids(attention_mask)[:, -1:] + 1
 
 
 def _rankings(
@@ -137,6 +160,7 @@ def constrained_beam_search(
     top_k: int,
     exclusion: Exclusion | None = None,
     timings: MutableMapping[str, float] | None = None,
+    softmax: Softmax = "ids",
 ) -> list[Ranking]:
     """Top-``top_k`` distinct catalog items per prompt, by trie-constrained beam search.
 
@@ -151,6 +175,8 @@ def constrained_beam_search(
         timings: if given, seconds are added under ``"prefill"``, ``"decode"`` (every step
             after the prefill, including the last selection) and ``"mask"`` (the part of
             ``"decode"`` spent building and applying the trie mask).
+        softmax: normalise each step over the ID tokens (``"ids"``, fast) or over the whole
+            vocabulary (``"vocabulary"``, what ``generate`` scores); see the module doc.
 
     Returns:
         Per row, up to ``top_k`` ``(item index, sum of ID-token log-probs)`` sorted by score,
@@ -166,6 +192,9 @@ def constrained_beam_search(
     width = hi - lo
     row_of_beam = torch.arange(B).repeat_interleave(nb)  # on CPU, like the trie
     row_offset = (torch.arange(B, device=device) * nb).unsqueeze(1)
+    id_logits = _id_logits(model, lo, hi) if softmax == "ids" else None
+    decoder = model.get_decoder() if id_logits is not None else None
+    id_only = False  # whether `logits` holds the ID-token columns only (after the first step with `decoder`)
     nodes = torch.zeros(B * nb, dtype=torch.long)  # every beam at the root
     # only beam 0 of each row is live at step 0; the copies start at -inf so that
     # the first top-k does not pick the same token once per copy
@@ -175,8 +204,13 @@ def constrained_beam_search(
         for step in range(trie.depth):
             # float32: bf16 log-probs would round away the differences that rank items. The
             # log-softmax over the whole vocabulary, taken at the ID tokens only
-            full = logits.float()
-            logprobs = full[:, lo:hi] - torch.logsumexp(full, dim=-1, keepdim=True)
+            if softmax == "ids":
+                logprobs = torch.log_softmax((logits if id_only else logits[:, lo:hi]).float(), dim=-1)
+            else:
+                full = logits.float()
+                logprobs = full[:, lo:hi] - torch.logsumexp(full, dim=-1, keepdim=True)
+            if step == 0:
+                logprobs = logprobs.repeat_interleave(nb, dim=0)  # the prefill gave one row per prompt
             with _timed(timings, "mask", device):
                 allowed = trie.allowed_mask(nodes, exclusion, rows=row_of_beam, vocab_size=hi, offset=lo)
                 logprobs = logprobs.masked_fill(~allowed.to(device), float("-inf"))
@@ -192,14 +226,20 @@ def constrained_beam_search(
                 cache.reorder_cache(parent)
                 # all beams of a row share the row's padding, so the mask only grows
                 attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B * nb, 1)], dim=1)
-                out = model(
+                step_inputs = dict(
                     input_ids=tokens.unsqueeze(1),
                     attention_mask=attention_mask,
                     position_ids=next_position,
                     past_key_values=cache,
                     use_cache=True,
                 )
-                cache, logits, next_position = out.past_key_values, out.logits[:, -1, :], next_position + 1
+                if decoder is not None:
+                    out = decoder(**step_inputs)
+                    logits, id_only = id_logits(out.last_hidden_state[:, -1, :]), True
+                else:
+                    out = model(**step_inputs)
+                    logits = out.logits[:, -1, :]
+                cache, next_position = out.past_key_values, next_position + 1
         return _rankings(trie, nodes, beam_scores, B, nb, top_k)
 
 

@@ -85,7 +85,7 @@ class CheckpointStore:
         if state.config_hash != self.config_hash:
             raise InputError(
                 f"{self.folder} holds a checkpoint made with a different config",
-                "use the same config to resume, or delete RUN/train (or pick a new run_dir)",
+                f"use the same config to resume, or delete {self.folder / 'checkpoint'} (or pick a new run_dir)",
             )
         blob = torch.load(ck / "checkpoint.pt", weights_only=False)
         load_trainable_state(model, blob["weights"])

@@ -108,11 +108,17 @@ class ProgressBar(TrainerCallback):
 class Trainer:
     """Fine-tunes the configured model on a run's prepared data and catalog.
 
+    Subclasses (:class:`genrec.training.align.PreferenceTrainer`) replace :meth:`setup`,
+    :meth:`train_step` and :meth:`export_info` and keep the loop, validation, checkpoints and export.
+
     Args:
         cfg: the run config (model, train and eval sections are used).
         progress: show progress bars.
         callbacks: extra :class:`TrainerCallback` hooks.
     """
+
+    #: validate before the first step, so that the starting weights are the best until beaten
+    validate_first: bool = False
 
     def __init__(self, cfg: GenrecConfig, progress: bool = True, callbacks: list[TrainerCallback] | None = None):
         self.cfg = cfg
@@ -322,6 +328,9 @@ class Trainer:
         log_name = "log.jsonl" if self.rank == 0 else f"log.rank{self.rank}.jsonl"
         bar = ProgressBar(self.total_steps, state.step, self.progress)
         callbacks = [JsonlLog(self.dir / log_name), bar, *self.extra_callbacks]
+        if self.validate_first and state.step == 0 and not state.evals:
+            # fine-tuning a trained model: its starting point is the score to beat (and the best so far)
+            self._validate(state, callbacks)
         self.model.train()
         t_start = time.perf_counter() - 60 * state.minutes  # a time budget spans resumes
         budget = self.tcfg.max_minutes
@@ -402,7 +411,15 @@ class Trainer:
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
         model.eval()
-        info = {
+        with self.run.stage("model", self.export_info(state)) as out:
+            ExportedModel.save(
+                out, model, self.formatter, self.trie, num_beams=self.cfg.eval.num_beams, code_token_ids=self.code_ids
+            )
+        return self.run / "model"
+
+    def export_info(self, state: TrainState) -> dict[str, Any]:
+        """What the run manifest records about the exported model."""
+        return {
             "best_step": state.best_step,
             "best_valid_ndcg@10": state.best_metric,
             "steps": state.step,
@@ -411,8 +428,3 @@ class Trainer:
             "finetune": self.tcfg.finetune,
             "bf16": self.bf16,
         }
-        with self.run.stage("model", info) as out:
-            ExportedModel.save(
-                out, model, self.formatter, self.trie, num_beams=self.cfg.eval.num_beams, code_token_ids=self.code_ids
-            )
-        return self.run / "model"

@@ -1,0 +1,128 @@
+"""Decoding every test user: the ID-token softmax (default) against the full-vocabulary softmax.
+
+    python bench/decode_speed.py run RUN [--users 0] [--batch-size 16] [--threads 1]
+    python bench/decode_speed.py docs
+
+Loads RUN/model and decodes the test users of RUN/data (all of them with ``--users 0``) with
+`constrained_beam_search` at the run's beam width, once per softmax, in one process and on the
+same prompts, seen items kept. It reports users per second, the minutes for every test user,
+Recall/NDCG@10 of each and how often both return the same top-10 list. Rows go to
+bench/results/decode_speed.json with the command, CPU and commit; ``docs`` writes the table
+into docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving import _record  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "decode_speed.json"
+DOCS = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- decode_speed:begin (bench/decode_speed.py docs) -->", "<!-- decode_speed:end -->"
+MODES = ("ids", "vocabulary")
+
+
+def run(folder: Path, users: int, batch_size: int, threads: int) -> None:
+    import torch
+    from tqdm.auto import tqdm
+
+    from genrec.data import PreparedDataset
+    from genrec.decoding.beam_search import constrained_beam_search, left_pad
+    from genrec.decoding.hf import GenerativeRecommender
+    from genrec.exported import read_settings
+    from genrec.metrics import evaluate_rankings
+
+    torch.set_num_threads(threads)
+    rec = GenerativeRecommender.from_folder(folder / "model")
+    beams = int(read_settings(folder / "model").get("num_beams") or 20)
+    _, histories, targets = PreparedDataset.load(folder / "data").split_rows("test", users, 0)
+    prompts = [rec.formatter.next_item_prompt(h) for h in histories]
+    out: dict[str, dict] = {}
+    ranked: dict[str, list] = {}
+    for mode in MODES:
+        t0, rows = time.perf_counter(), []
+        for start in tqdm(range(0, len(prompts), batch_size), desc=mode, unit="batch"):
+            ids, mask = left_pad(prompts[start : start + batch_size], rec.pad_id)
+            rows += constrained_beam_search(rec.model, ids, mask, rec.trie, beams, 10, softmax=mode)
+        seconds = time.perf_counter() - t0
+        ranked[mode] = [[i for i, _ in r] for r in rows]
+        m = evaluate_rankings(ranked[mode], targets, len(rec.catalog), ks=(10,))
+        out[mode] = {
+            "users_per_s": round(len(prompts) / seconds, 2),
+            "minutes": round(seconds / 60, 2),
+            "recall@10": round(m["recall@10"], 4),
+            "ndcg@10": round(m["ndcg@10"], 4),
+        }
+        print(mode, out[mode])
+    a, b = ranked["ids"], ranked["vocabulary"]
+    row = {
+        "run": str(folder),
+        "data": json.loads((folder / "data" / "dataset.json").read_text())["source"].get("format"),
+        "users": len(prompts),
+        "items": len(rec.catalog),
+        "prompt_tokens_mean": round(sum(map(len, prompts)) / len(prompts), 1),
+        "num_beams": beams,
+        "batch_size": batch_size,
+        "threads": threads,
+        "model_parameters": sum(p.numel() for p in rec.model.parameters()),
+        "vocabulary": rec.model.config.vocab_size,
+        **out,
+        "speedup": round(out["ids"]["users_per_s"] / out["vocabulary"]["users_per_s"], 2),
+        "identical_top10": round(sum(x == y for x, y in zip(a, b)) / len(a), 4),
+        "same_top10_set": round(sum(set(x) == set(y) for x, y in zip(a, b)) / len(a), 4),
+        "measured": time.strftime("%Y-%m-%d"),
+        **_record(),
+    }
+    old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
+    RESULTS.write_text(json.dumps([r for r in old if r["run"] != row["run"]] + [row], indent=2) + "\n")
+    docs()
+
+
+def docs() -> None:
+    rows = json.loads(RESULTS.read_text())
+    lines = [
+        BEGIN,
+        "",
+        "| run | users | items | prompt tokens | users/s, ID softmax | users/s, vocabulary softmax | speed-up | "
+        "minutes for all users (ID softmax) | NDCG@10 ID / vocabulary | same top-10 list | CPU, threads |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| `{r['run']}` | {r['users']:,} | {r['items']:,} | {r['prompt_tokens_mean']:.0f} | "
+            f"{r['ids']['users_per_s']:.1f} | {r['vocabulary']['users_per_s']:.1f} | {r['speedup']:.1f}x | "
+            f"{r['ids']['minutes']:.1f} | {r['ids']['ndcg@10']:.4f} / {r['vocabulary']['ndcg@10']:.4f} | "
+            f"{r['identical_top10']:.0%} | {r['cpu']}, {r['threads']} |"
+        )
+    lines += ["", f"Commands and commits: `{RESULTS.relative_to(ROOT)}`.", "", END]
+    text = DOCS.read_text()
+    start, stop = text.index(BEGIN), text.index(END) + len(END)
+    DOCS.write_text(text[:start] + "\n".join(lines) + text[stop:])
+    print("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    a = sub.add_parser("run")
+    a.add_argument("run", type=Path)
+    a.add_argument("--users", type=int, default=0, help="test users (0: all)")
+    a.add_argument("--batch-size", type=int, default=16)
+    a.add_argument("--threads", type=int, default=1)
+    sub.add_parser("docs")
+    args = ap.parse_args()
+    if args.what == "run":
+        run(args.run, args.users, args.batch_size, args.threads)
+    else:
+        docs()
+
+
+if __name__ == "__main__":
+    main()

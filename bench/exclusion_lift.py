@@ -1,0 +1,132 @@
+"""Why does excluding seen items lift SASRec more than genrec? Both models, both ways, one run.
+
+    python bench/exclusion_lift.py run RUN [--users 0]
+    python bench/exclusion_lift.py docs
+
+On RUN's test users (all with ``--users 0``), for genrec (RUN/model, beam 20) and for the SASRec-CE
+of the same run (RUN/tokenize/collab_sasrec, else RUN/baselines/sasrec), it measures NDCG@10 and
+Recall@10 with seen items kept, with seen items excluded inside the ranking (the trie walk for
+genrec: what `genrec evaluate --exclude-seen` does), and with seen items dropped after ranking
+(beam 40, then the best 10 unseen). It also counts how many of each model's kept top-10 are
+items the user already has, and how often the test target is one (a repeat). If the lift is
+what the seen items in the kept lists free up, the lift follows that count; if excluding
+inside the trie walk loses good items, post-filtering beats it. Rows go to
+bench/results/exclusion_lift.json; ``docs`` writes the table into docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving import _record  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "exclusion_lift.json"
+DOCS = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- exclusion_lift:begin (bench/exclusion_lift.py docs) -->", "<!-- exclusion_lift:end -->"
+
+
+def _scores(lists, histories, targets, n_items) -> dict:
+    from genrec.metrics import evaluate_rankings
+
+    m = evaluate_rankings(lists, targets, n_items, ks=(10,))
+    seen = sum(len(set(lst[:10]) & set(h)) for lst, h in zip(lists, histories)) / len(lists)
+    return {"ndcg@10": round(m["ndcg@10"], 4), "recall@10": round(m["recall@10"], 4), "seen_in_top10": round(seen, 2)}
+
+
+def run(folder: Path, users: int) -> None:
+    import torch
+
+    from genrec.data import PreparedDataset
+    from genrec.decoding.hf import GenerativeRecommender
+    from genrec.models.sasrec import SASRecRecommender
+
+    torch.set_num_threads(1)
+    _, histories, targets = PreparedDataset.load(folder / "data").split_rows("test", users, 0)
+    genrec = GenerativeRecommender.from_folder(folder / "model")
+    teacher = next(p for p in (folder / "tokenize" / "collab_sasrec", folder / "baselines" / "sasrec") if p.is_dir())
+    sasrec = SASRecRecommender.load(teacher)
+    n = len(genrec.catalog)
+
+    def idx(recs):
+        return [[r.index for r in row] for row in recs]
+
+    def unseen(lists, k=10):
+        return [[i for i in lst if i not in set(h)][:k] for lst, h in zip(lists, histories)]
+
+    out = {}
+    for name, rec, kw, wide in (
+        ("genrec", genrec, {"num_beams": 20, "batch_size": 16}, {"num_beams": 40, "batch_size": 16}),
+        ("sasrec", sasrec, {}, {}),
+    ):
+        kept = idx(rec.recommend(histories, k=10, **kw))
+        inside = idx(rec.recommend(histories, k=10, exclude=histories, **kw))
+        after = unseen(idx(rec.recommend(histories, k=40, **wide)))
+        out[name] = {
+            "kept": _scores(kept, histories, targets, n),
+            "excluded_inside": _scores(inside, histories, targets, n),
+            "excluded_after_40": _scores(after, histories, targets, n),
+        }
+        k, x = out[name]["kept"]["ndcg@10"], out[name]["excluded_inside"]["ndcg@10"]
+        out[name]["lift"] = round(x / k - 1, 4) if k else None
+        print(name, out[name])
+    row = {
+        "run": str(folder),
+        "data": json.loads((folder / "data" / "dataset.json").read_text())["source"].get("format"),
+        "users": len(histories),
+        "repeat_targets": round(sum(t in set(h) for h, t in zip(histories, targets)) / len(targets), 4),
+        **out,
+        "measured": time.strftime("%Y-%m-%d"),
+        **_record(),
+    }
+    old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
+    RESULTS.write_text(json.dumps([r for r in old if r["run"] != row["run"]] + [row], indent=2) + "\n")
+    docs()
+
+
+def docs() -> None:
+    rows = json.loads(RESULTS.read_text())
+    lines = [
+        BEGIN,
+        "",
+        "| run | users | targets already seen | model | seen items in the kept top-10 | NDCG@10 kept | "
+        "excluded inside the ranking | excluded after (top-40, then 10) | lift of excluding |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        for model in ("sasrec", "genrec"):
+            m = r[model]
+            lines.append(
+                f"| `{r['run']}` | {r['users']:,} | {r['repeat_targets']:.1%} | {model} | "
+                f"{m['kept']['seen_in_top10']:.2f} | {m['kept']['ndcg@10']:.4f} | "
+                f"{m['excluded_inside']['ndcg@10']:.4f} | "
+                f"{m['excluded_after_40']['ndcg@10']:.4f} | {m['lift']:+.0%} |"
+            )
+    lines += ["", f"Commands, CPU and commits: `{RESULTS.relative_to(ROOT)}`.", "", END]
+    text = DOCS.read_text()
+    start, stop = text.index(BEGIN), text.index(END) + len(END)
+    DOCS.write_text(text[:start] + "\n".join(lines) + text[stop:])
+    print("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    a = sub.add_parser("run")
+    a.add_argument("run", type=Path)
+    a.add_argument("--users", type=int, default=0)
+    sub.add_parser("docs")
+    args = ap.parse_args()
+    if args.what == "run":
+        run(args.run, args.users)
+    else:
+        docs()
+
+
+if __name__ == "__main__":
+    main()
