@@ -1,0 +1,195 @@
+"""Preference alignment ablation: SFT, SFT + S-DPO (`genrec align`), and the control, 3 seeds, all users.
+
+    python bench/align_ablation.py run demo [--seeds 0 1 2]
+    python bench/align_ablation.py collect demo [--seeds 0 1 2]
+
+For each seed, runs/align-DATASET-sS is the dataset's recipe trained as its config says
+(`genrec data prepare`, `tokenize`, `train`; skipped when RUN/model exists). Then:
+
+* ``sft``: RUN/model as trained, evaluated on every test user under both protocols;
+* ``sdpo``: `genrec align` with the align section's defaults (S-DPO on the model's own beams,
+  plus the chosen answer's cross-entropy), evaluated the same way;
+* ``control``: the same alignment run with the preference loss switched off
+  (``align.preference_weight=0``): only the cross-entropy on the same transitions for the same
+  steps, so the row says what the preference term itself adds.
+
+The aligned models are exported whatever validation says (``align.patience=0``, the last step
+kept is the best validation; the row records both). ``collect`` averages the seeds into rows of
+bench/results/results.jsonl (dataset, system, protocol, 3 seeds, all users) and regenerates
+docs/results.md with bench/quality.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving import _cpu  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "results.jsonl"
+CONFIGS = {"demo": "configs/demo.yaml"}
+NAMES = {"demo": "Demo"}
+VARIANTS = {
+    "sft": [],
+    "sdpo": [],
+    "control": ["align.preference_weight=0", "align.sft_weight=1"],
+}
+SYSTEMS = {
+    "sft": "genrec, the make demo recipe (SFT)",
+    "sdpo": "genrec, SFT + S-DPO on its own beams (genrec align)",
+    "control": "genrec, SFT + next-item CE on the same transitions and steps (control for S-DPO)",
+}
+
+
+def _genrec(*args: str) -> list[str]:
+    return [sys.executable, "-m", "genrec.cli", *args]
+
+
+def _call(cmd: list[str], log: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    shown = "genrec " + " ".join(cmd[3:])
+    with open(log, "a") as f:
+        f.write(f"$ {shown}\n")
+        f.flush()
+        if subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode:
+            raise SystemExit(f"failed: {shown} (see {log})")
+
+
+def _sets(rd: Path, seed: int, extra: list[str] = ()) -> list[str]:
+    sets = [
+        f"run_dir={rd.relative_to(ROOT)}",
+        f"seed={seed}",
+        f"sasrec.seed={seed}",
+        "sasrec.num_threads=1",
+        "train.num_threads=1",
+        f"train.distill_from={rd.relative_to(ROOT)}/tokenize/collab_sasrec",
+        *extra,
+    ]
+    return [x for s in sets for x in ("-s", s)]
+
+
+def _evaluate(rd: Path, log: Path) -> None:
+    for flag in ("--no-exclude-seen", "--exclude-seen"):
+        _call(_genrec("evaluate", str(rd.relative_to(ROOT)), flag), log)
+
+
+def run(dataset: str, seeds: list[int]) -> None:
+    config = CONFIGS[dataset]
+    for seed in seeds:
+        rd = ROOT / "runs" / f"align-{dataset}-s{seed}"
+        log = ROOT / "runs" / f"align-{dataset}-s{seed}.log"
+        if not (rd / "model").is_dir():
+            for stage in (["data", "prepare"], ["tokenize"], ["train"]):
+                _call(_genrec(*stage, config, *_sets(rd, seed)), log)
+        for variant, extra in VARIANTS.items():
+            vd = rd.parent / f"{rd.name}-{variant}"
+            if (vd / "eval" / "test_xseen.json").is_file():
+                continue
+            shutil.rmtree(vd, ignore_errors=True)
+            shutil.copytree(rd, vd, ignore=shutil.ignore_patterns("align", "eval"))
+            if variant != "sft":
+                _call(_genrec("align", config, *_sets(vd, seed, ["align.patience=0", *extra])), log)
+            _evaluate(vd, log)
+
+
+def _mean_sd(values: list[float]) -> dict:
+    return {
+        "mean": round(statistics.mean(values), 4),
+        "sd": round(statistics.stdev(values), 4) if len(values) > 1 else None,
+    }
+
+
+def collect(dataset: str, seeds: list[int]) -> None:
+    rows = []
+    for variant in VARIANTS:
+        for name, protocol in (("test.json", "seen items kept"), ("test_xseen.json", "seen items excluded")):
+            evals, runs, commands, minutes = [], [], [], []
+            for seed in seeds:
+                vd = ROOT / "runs" / f"align-{dataset}-s{seed}-{variant}"
+                m = json.loads((vd / "eval" / name).read_text())
+                evals.append(m)
+                info = json.loads((vd / "manifest.json").read_text())["stages"]["model"]
+                aligned = info.get("aligned", {})
+                runs.append(
+                    {
+                        "run": str(vd.relative_to(ROOT)),
+                        "train_steps": info.get("steps"),
+                        "valid_ndcg@10": info.get("best_valid_ndcg@10"),
+                        **(
+                            {
+                                "align_steps": aligned["steps"],
+                                "align_valid_start": aligned["start_valid_ndcg@10"],
+                                "align_valid_best": aligned["best_valid_ndcg@10"],
+                                "align_best_step": aligned["best_step"],
+                                "align_minutes": aligned["minutes"],
+                                "chosen_in_beams": aligned["chosen_in_beams"],
+                            }
+                            if aligned
+                            else {}
+                        ),
+                        "seconds_per_user": m["genrec"].get("seconds_per_user"),
+                    }
+                )
+                minutes.append(aligned.get("minutes", 0.0))
+                log = ROOT / "runs" / f"align-{dataset}-s{seed}.log"
+                commands += [c[2:] for c in log.read_text().splitlines() if c.startswith("$ ") and vd.name in c]
+            metrics = {
+                k: _mean_sd([e["genrec"][k] for e in evals])
+                for k in ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr", "coverage@10", "invalid_rate")
+            }
+            rows.append(
+                {
+                    "dataset": NAMES[dataset],
+                    "system": SYSTEMS[variant],
+                    "protocol": protocol,
+                    "users": evals[0]["users"],
+                    "user_sample": "all",
+                    "seeds": seeds,
+                    "metrics": metrics,
+                    "minutes": _mean_sd(minutes) if variant != "sft" else None,
+                    "commit": sorted({e["commit"] for e in evals}),
+                    "cpu": _cpu(),
+                    "config": f"{CONFIGS[dataset]} (seed, sasrec.seed = S)"
+                    + ("" if variant == "sft" else "; genrec align with the align section's defaults")
+                    + (f" and {' '.join(VARIANTS[variant])}" if VARIANTS[variant] else ""),
+                    "command": f"python bench/align_ablation.py run {dataset} --seeds {' '.join(map(str, seeds))}",
+                    "published": False,
+                    "headline": False,
+                    "notes": ["minutes: the alignment loop only (mining, reference pass and steps)."]
+                    if variant != "sft"
+                    else [],
+                    "runs": runs,
+                    "commands": commands,
+                }
+            )
+    keep = [json.loads(x) for x in RESULTS.read_text().splitlines() if x.strip()]
+    ours = {(r["dataset"], r["system"], r["protocol"]) for r in rows}
+    keep = [r for r in keep if (r["dataset"], r["system"], r["protocol"]) not in ours]
+    RESULTS.write_text("".join(json.dumps(r) + "\n" for r in keep + rows))
+    subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py")], cwd=ROOT, check=True)
+    for r in rows:
+        m = r["metrics"]
+        print(f"{r['system'][:60]:60s} {r['protocol']:20s} N@10 {m['ndcg@10']} R@10 {m['recall@10']}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    for name in ("run", "collect"):
+        a = sub.add_parser(name)
+        a.add_argument("dataset", choices=sorted(CONFIGS))
+        a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = ap.parse_args()
+    (run if args.what == "run" else collect)(args.dataset, args.seeds)
+
+
+if __name__ == "__main__":
+    main()
