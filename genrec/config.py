@@ -483,6 +483,7 @@ class SASRecConfig(_Section):
     hidden: int = _f(64, "Embedding and transformer width.", ge=1)
     layers: int = _f(2, "Transformer blocks.", ge=1)
     heads: int = _f(1, "Attention heads per block.", ge=1)
+    ffn: int = _f(0, "Width of each block's feed-forward layer (0: the hidden width, as the original SASRec).", ge=0)
     dropout: float = _f(0.2, "Dropout on embeddings, attention and FFN.", ge=0, lt=1, why="it is a probability")
     max_len: int = _f(50, "Most recent items the model sees.", ge=1)
     batch_size: int = _f(128, "Training sequences per step.", ge=1)

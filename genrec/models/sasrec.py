@@ -47,12 +47,12 @@ class SASRec(nn.Module):
         self.item_emb = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.hidden)
         self.drop = nn.Dropout(cfg.dropout)
-        # the original SASRec uses a hidden-width point-wise FFN, so dim_feedforward = hidden
+        # the original SASRec uses a hidden-width point-wise FFN (sasrec.ffn 0); RecBole's is 256 wide
         self.blocks = nn.ModuleList(
             nn.TransformerEncoderLayer(
                 cfg.hidden,
                 cfg.heads,
-                dim_feedforward=cfg.hidden,
+                dim_feedforward=cfg.ffn or cfg.hidden,
                 dropout=cfg.dropout,
                 activation="gelu",
                 batch_first=True,
