@@ -41,7 +41,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
     """The commit the code runs from (with ``-dirty`` if tracked files changed), or None.
 
-    Results files (``bench/results/``) do not count: a benchmark writes them as it runs.
+    Results files (``bench/results/``) and the docs (``docs/``) do not count: a benchmark writes
+    its results and regenerates its docs table as it runs, and neither changes what code ran.
     """
     here = Path(cwd) if cwd else Path(__file__).resolve().parent
     try:
@@ -49,7 +50,16 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)bench/results"],
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ":(top)",
+                ":(top,exclude)bench/results",
+                ":(top,exclude)docs",
+            ],
             cwd=here,
             capture_output=True,
             text=True,
