@@ -155,7 +155,9 @@ def collect(dataset: str, seeds: list[int]) -> None:
                     "seeds": seeds,
                     "metrics": metrics,
                     "minutes": _mean_sd(minutes) if variant != "sft" else None,
-                    "commit": sorted({e["commit"] for e in evals}),
+                    "commit": ", ".join(
+                        sorted({e["commit"][:12] + ("-dirty" if e["commit"].endswith("-dirty") else "") for e in evals})
+                    ),
                     "cpu": _cpu(),
                     "config": f"{CONFIGS[dataset]} (seed, sasrec.seed = S)"
                     + ("" if variant == "sft" else "; genrec align with the align section's defaults")
@@ -163,11 +165,19 @@ def collect(dataset: str, seeds: list[int]) -> None:
                     "command": f"python bench/align_ablation.py run {dataset} --seeds {' '.join(map(str, seeds))}",
                     "published": False,
                     "headline": False,
-                    "notes": ["minutes: the alignment loop only (mining, reference pass and steps)."]
-                    if variant != "sft"
-                    else [],
-                    "runs": runs,
-                    "commands": commands,
+                    "notes": (
+                        ["minutes: the alignment loop only (mining, reference pass and steps)."]
+                        if variant != "sft"
+                        else []
+                    )
+                    + [f"seed {seeds[0]}'s commands: " + " ; ".join(c for c in commands if f"-s{seeds[0]}-" in c)]
+                    + [json.dumps(r) for r in runs]
+                    + [
+                        f"{e['commit'][:12]}-dirty: docs only (no code change; docs no longer count as dirty)"
+                        for e in evals
+                        if e["commit"].endswith("-dirty")
+                    ][:1],
+                    "runs": [],
                 }
             )
     keep = [json.loads(x) for x in RESULTS.read_text().splitlines() if x.strip()]

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from genrec.decoding.beam_search import constrained_beam_search, left_pad, position_ids
+from genrec.decoding.beam_search import Softmax, constrained_beam_search, left_pad, position_ids
 from genrec.decoding.sampling import DistinctDraws, Sampling, constrained_sample
 from genrec.errors import InputError
 from genrec.exported import ExportedModel
@@ -59,6 +59,7 @@ class GenerativeRecommender:
         prompts: Sequence[Sequence[int]] | None = None,
         new_items: Sequence[int] | None = None,
         new_item_slots: int = 0,
+        softmax: Softmax = "ids",
     ) -> list[list[Recommendation]]:
         """Top-``k`` items for each history (catalog rows), best first.
 
@@ -76,6 +77,8 @@ class GenerativeRecommender:
                 :meth:`new_item_scores`. The beams almost never reach a new item: its codes
                 below the first are a path the model never learned, so its first code is
                 the one level of its ID the model's probability still speaks for.
+            softmax: each step's log-softmax over the ID tokens (fast, the default) or over the
+                whole vocabulary, as the vLLM backend scores (see :mod:`genrec.decoding.beam_search`).
         """
         if k > num_beams:
             raise InputError(
@@ -96,7 +99,7 @@ class GenerativeRecommender:
             banned = self._banned(exclude, allow, start, stop) if exclude is not None or allow is not None else None
             exclusion = self.trie.exclusion([sorted(b) for b in banned]) if banned is not None else None
             ranked = constrained_beam_search(
-                self.model, ids, mask, self.trie, num_beams=num_beams, top_k=k, exclusion=exclusion
+                self.model, ids, mask, self.trie, num_beams=num_beams, top_k=k, exclusion=exclusion, softmax=softmax
             )
             if new_items and new_item_slots > 0:
                 banned = banned or [set() for _ in ranked]
