@@ -59,11 +59,11 @@ def _call(cmd: list[str], log: Path) -> None:
             raise SystemExit(f"failed: {_sh(cmd)} (see {log})")
 
 
-def write_section(lines: list[str]) -> None:
-    """Replace the docs page's section between ``lines``' first and last line (its begin/end markers)."""
-    text = DOCS.read_text()
+def write_section(lines: list[str], page: Path = DOCS) -> None:
+    """Replace ``page``'s section between ``lines``' first and last line (its begin/end markers)."""
+    text = page.read_text()
     start, stop = text.index(lines[0]), text.index(lines[-1]) + len(lines[-1])
-    DOCS.write_text(text[:start] + "\n".join(lines) + text[stop:])
+    page.write_text(text[:start] + "\n".join(lines) + text[stop:])
 
 
 def _metrics(m: dict) -> dict:

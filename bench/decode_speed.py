@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cold_start import write_section  # noqa: E402
 from serving import _record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,9 +113,7 @@ def docs() -> None:
             f"{r['identical_top10']:.0%} | {r['cpu']}, {r['threads']} |"
         )
     lines += ["", f"Commands and commits: `{RESULTS.relative_to(ROOT)}`.", "", END]
-    text = DOCS.read_text()
-    start, stop = text.index(BEGIN), text.index(END) + len(END)
-    DOCS.write_text(text[:start] + "\n".join(lines) + text[stop:])
+    write_section(lines, DOCS)
     print("\n".join(lines))
 
 

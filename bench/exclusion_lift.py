@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cold_start import write_section  # noqa: E402
 from serving import _record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,9 +109,7 @@ def docs() -> None:
                 f"{m['excluded_after_40']['ndcg@10']:.4f} | {m['lift']:+.0%} |"
             )
     lines += ["", f"Commands, CPU and commits: `{RESULTS.relative_to(ROOT)}`.", "", END]
-    text = DOCS.read_text()
-    start, stop = text.index(BEGIN), text.index(END) + len(END)
-    DOCS.write_text(text[:start] + "\n".join(lines) + text[stop:])
+    write_section(lines, DOCS)
     print("\n".join(lines))
 
 

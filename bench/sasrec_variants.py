@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cold_start import write_section  # noqa: E402
 from serving import _record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,9 +96,7 @@ def docs() -> None:
             f"{statistics.mean(r['train_minutes'] for r in part):.1f} |"
         )
     lines += ["", f"Commands, CPU and commits: `{RESULTS.relative_to(ROOT)}`.", "", END]
-    text = DOCS.read_text()
-    start, stop = text.index(BEGIN), text.index(END) + len(END)
-    DOCS.write_text(text[:start] + "\n".join(lines) + text[stop:])
+    write_section(lines, DOCS)
     print("\n".join(lines))
 
 

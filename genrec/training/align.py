@@ -34,7 +34,6 @@ import shutil
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from genrec.config import TRAINING_SECTIONS, GenrecConfig, config_hash
@@ -46,36 +45,13 @@ from genrec.precision import autocast, use_bf16
 from genrec.prompts import IGNORE_INDEX, Example
 from genrec.runs import file_hashes
 from genrec.training.checkpoint import CheckpointStore, TrainState
-from genrec.training.losses import collate
+from genrec.training.losses import answer_logprobs, collate, sdpo_loss
 from genrec.training.setup import _add_lora, add_dropout
 from genrec.training.trainer import Trainer, TrainerCallback
 
 logger = logging.getLogger(__name__)
 
 PREFERENCES_FILE = "preferences.pt"
-
-
-def answer_logprobs(model, batch: dict) -> torch.Tensor:
-    """Summed log-probability of each row's answer tokens (the labels), one value per row."""
-    keep = batch["keep"]
-    out = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
-        logits_to_keep=keep,
-        use_cache=False,
-    )
-    logits = out.logits[:, :-1].float()
-    labels = batch["labels"][:, -(keep - 1) :]
-    mask = labels != IGNORE_INDEX
-    token_lp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
-    return (token_lp * mask).sum(-1)
-
-
-def sdpo_loss(policy: torch.Tensor, reference: torch.Tensor, beta: float) -> torch.Tensor:
-    """Softmax DPO over ``(users, 1 + negatives)`` answer log-likelihoods, chosen in column 0."""
-    h = beta * (policy - reference)
-    return F.softplus(torch.logsumexp(h[:, 1:] - h[:, :1], dim=1)).mean()
 
 
 class PreferenceTrainer(Trainer):
@@ -239,11 +215,7 @@ class PreferenceTrainer(Trainer):
 
     # -- one step ----------------------------------------------------------------------------
     def train_step(self, state: TrainState) -> tuple[float, int, int, int]:
-        bs = self.tcfg.batch_size
-        flat = state.step * bs
-        epoch, offset = divmod(flat, self.steps_per_epoch * bs)
-        order = self._orders.setdefault(epoch, self._order(epoch))
-        idx = order[offset : offset + bs] or order[:bs]
+        idx = self.batch_indices(state.step, 0)
         group = [self.examples[i] for i in idx]
         batch = collate([ex for pref in group for ex in pref], self.pad_id, self.tcfg.max_seq_len)
         with autocast(self.bf16):

@@ -101,6 +101,29 @@ def answer_loss(
     return loss
 
 
+def answer_logprobs(model, batch: dict) -> torch.Tensor:
+    """Summed log-probability of each row's answer tokens (the labels), one value per row."""
+    keep = batch["keep"]
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        logits_to_keep=keep,
+        use_cache=False,
+    )
+    logits = out.logits[:, :-1].float()
+    labels = batch["labels"][:, -(keep - 1) :]
+    mask = labels != IGNORE_INDEX
+    token_lp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    return (token_lp * mask).sum(-1)
+
+
+def sdpo_loss(policy: torch.Tensor, reference: torch.Tensor, beta: float) -> torch.Tensor:
+    """Softmax DPO over ``(users, 1 + negatives)`` answer log-likelihoods, chosen in column 0."""
+    h = beta * (policy - reference)
+    return torch.nn.functional.softplus(torch.logsumexp(h[:, 1:] - h[:, :1], dim=1)).mean()
+
+
 def _code_logits(model, hidden: torch.Tensor, code_ids: torch.Tensor) -> torch.Tensor:
     """Output-head logits of ``hidden`` restricted to the (sorted) ``code_ids``."""
     inner = model.module if hasattr(model, "module") else model  # DDP

@@ -223,14 +223,18 @@ class Trainer:
         random.Random(self.cfg.seed * 1000003 + epoch).shuffle(perm)
         return perm
 
-    def batch_for(self, step: int, micro: int) -> list[Example]:
-        """Examples of micro-batch ``micro`` of optimizer step ``step`` (deterministic)."""
+    def batch_indices(self, step: int, micro: int) -> list[int]:
+        """Indices into ``self.examples`` of micro-batch ``micro`` of optimizer step ``step`` on this rank."""
         bs = self.tcfg.batch_size
         flat = (step * self.tcfg.grad_accum + micro) * bs
         epoch, offset = divmod(flat, self.steps_per_epoch * self.tcfg.grad_accum * bs)
         order = self._orders.setdefault(epoch, self._order(epoch))
         idx = order[offset : offset + bs] or order[:bs]
-        return [self.examples[i] for i in idx[self.rank :: self.world]]
+        return idx[self.rank :: self.world]
+
+    def batch_for(self, step: int, micro: int) -> list[Example]:
+        """Examples of micro-batch ``micro`` of optimizer step ``step`` (deterministic)."""
+        return [self.examples[i] for i in self.batch_indices(step, micro)]
 
     def distill_targets(self, examples: list[Example], width: int):
         """The teacher's (rows, token columns, code distributions) for a collated batch."""
