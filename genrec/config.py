@@ -338,7 +338,21 @@ class TrainConfig(_Section):
         "`RUN/baselines/sasrec`; relative to the working directory, like "
         "run_dir), trained on the same prepared data. Every "
         "ID token of a next-item example then also learns the teacher's "
-        "distribution over that level's codes (genrec/training/distill.py).",
+        "distribution over that level's codes (genrec/training/distill.py). "
+        "Unset with distill_weight > 0: RUN/tokenize/collab_sasrec, the SASRec "
+        "whose item table cut the semantic IDs.",
+    )
+    teacher_seeds: int = _f(
+        1,
+        "SASRec seeds whose item distributions are averaged into the "
+        "distillation teacher. 1: distill_from alone. N > 1: distill_from plus "
+        "N-1 more SASRec fits with the sasrec section and seeds sasrec.seed+1 .. "
+        "sasrec.seed+N-1, made by `genrec train` before its first step and kept "
+        "in RUN/teachers/ (reused on resume). An ensemble of seeds ranks better "
+        "than any one of them, so the student imitates a stronger teacher; each "
+        "extra seed costs one SASRec fit.",
+        ge=1,
+        why="it counts models",
     )
     distill_weight: float = _f(
         0.0,

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import copy_prepared
 from genrec.data import PreparedDataset
@@ -109,3 +110,21 @@ def test_fit_says_how_long_it_will_take_and_shows_batches(dataset, caplog, capsy
     assert saved["seed"] == 0 and saved["epochs_run"] == 2 and saved["best_epoch"] == rec.best_epoch
     again = SASRecRecommender.load(tmp_path / "m")
     assert (again.epochs_run, again.best_epoch, again.loaded_from) == (2, rec.best_epoch, tmp_path / "m")
+
+
+def test_ensemble_averages_its_members_probabilities(fitted, dataset, valid_rows, tmp_path):
+    from genrec.models.sasrec import SASRecEnsemble
+
+    histories, targets = valid_rows
+    other = SASRecRecommender(SASRecConfig(**dict(SMALL, epochs=2, seed=1))).fit(dataset, progress=False)
+    fitted.save(tmp_path / "a")
+    other.save(tmp_path / "b")
+    ensemble = SASRecEnsemble.load([tmp_path / "a", tmp_path / "b"])
+    assert isinstance(ensemble, Recommender)
+    mean = (torch.softmax(fitted.scores(histories), -1) + torch.softmax(other.scores(histories), -1)) / 2
+    assert torch.allclose(ensemble.scores(histories).exp(), mean, atol=1e-6)
+    # one member alone ranks as that member does; excluded items stay out
+    alone = SASRecEnsemble([fitted]).recommend(histories, k=10)
+    assert ranked_indices(alone) == ranked_indices(fitted.recommend(histories, k=10))
+    ranked = ranked_indices(ensemble.recommend(histories, k=10, exclude=histories))
+    assert all(not set(r) & set(h) for r, h in zip(ranked, histories))

@@ -195,24 +195,39 @@ def _teacher_by_hand(teacher, items: list[int], j: int, level: int, codes: np.nd
     """The teacher's level-``level`` code distribution for ``items[j]``, one example at a time."""
     from genrec.models.sasrec import _left_pad
 
-    with torch.no_grad():
-        h = teacher.model(_left_pad([[i + 1 for i in items[:-1]]], 50))[0, j - 1]  # state after items[j-1]
-        p = torch.softmax(teacher.model.logits(h), -1).numpy()
+    with torch.no_grad():  # an ensemble's distribution is its members' mean
+        p = 0
+        for rec in teacher.recs:
+            h = rec.model(_left_pad([[i + 1 for i in items[:-1]]], 50))[0, j - 1]  # state after items[j-1]
+            p = p + torch.softmax(rec.model.logits(h), -1).numpy() / len(teacher.recs)
     same = (codes[:, :level] == codes[items[j], :level]).all(1)
     out = np.bincount(codes[same, level], weights=p[same], minlength=int(codes[:, level].max()) + 1)
     return out / out.sum()
 
 
-def test_distillation_targets_are_the_teachers_code_mass(demo_run, demo_teacher, tmp_path):
+@pytest.mark.parametrize("teacher_seeds", [1, 2])
+def test_distillation_targets_are_the_teachers_code_mass(demo_run, demo_teacher, tmp_path, teacher_seeds):
     run = copy_prepared(demo_run, tmp_path / "kd")
     over = [
         "train.history_loss=1.0",
         "train.next_item_examples=windows",
         f"train.distill_from={demo_teacher}",
         "train.distill_weight=1.0",
+        f"train.teacher_seeds={teacher_seeds}",
+        # the ensemble's extra member is fitted by the trainer with the sasrec section
+        "sasrec.hidden=32",
+        "sasrec.epochs=2",
+        "sasrec.num_threads=1",
     ]
     t = Trainer(_cfg(run, *over), progress=False)
     t.setup()
+    assert len(t.teacher.recs) == teacher_seeds
+    if teacher_seeds > 1:  # the extra seed is saved in the run and reused by the next trainer
+        member = run / "teachers" / "sasrec-seed1" / "sasrec.json"
+        assert member.is_file()
+        stamp = member.stat().st_mtime_ns
+        Trainer(_cfg(run, *over), progress=False).setup()
+        assert member.stat().st_mtime_ns == stamp
     examples = t.batch_for(0, 0)
     batch = collate(examples, t.pad_id, t.tcfg.max_seq_len)
     rows, pos, dists = t.distill_targets(examples, batch["input_ids"].shape[1])
@@ -613,3 +628,11 @@ def test_keep_layers_cuts_smollm2_and_windows_count_every_trained_transition(dem
     assert steps and all(r["transitions_per_s"] > 3 * r["examples_per_s"] for r in steps)
     with pytest.raises(InputError, match="keep_layers=99"):
         build_model(load_config(TRAIN_BASE, [*extra, "model.keep_layers=99"]), load_catalog(run))
+
+
+def test_distillation_without_a_teacher_says_where_one_comes_from(demo_run, tmp_path):
+    # no train.distill_from, and this run's IDs were not cut from a SASRec: no teacher to default to
+    run = copy_prepared(demo_run, tmp_path / "noteacher")
+    assert not (run / "tokenize" / "collab_sasrec").exists()
+    with pytest.raises(InputError, match="collab_method: sasrec"):
+        Trainer(_cfg(run, "train.distill_weight=1.0"), progress=False)

@@ -105,6 +105,23 @@ def _left_pad(seqs: Sequence[Sequence[int]], max_len: int) -> torch.Tensor:
     return out
 
 
+def _top_k_in_batches(
+    scores, catalog, histories, k: int, exclude, allow, progress: bool, batch_size: int
+) -> list[list[Recommendation]]:
+    """Top ``k`` rows per history from ``scores(histories)``, a batch of histories at a time."""
+    out: list[list[Recommendation]] = []
+    for start in tqdm(range(0, len(histories), batch_size), desc="sasrec", unit="batch", disable=not progress):
+        stop = start + batch_size
+        out += top_k_by_score(
+            scores(histories[start:stop]),
+            k,
+            exclude[start:stop] if exclude is not None else None,
+            allow[start:stop] if allow is not None else None,
+            catalog,
+        )
+    return out
+
+
 class SASRecRecommender:
     """Fit / recommend / save / load wrapper of :class:`SASRec` over catalog row indices."""
 
@@ -247,17 +264,7 @@ class SASRecRecommender:
         ``exclude`` holds whole histories when seen items are excluded (not only the last
         ``max_len`` items the model reads).
         """
-        out: list[list[Recommendation]] = []
-        for start in tqdm(range(0, len(histories), batch_size), desc="sasrec", unit="batch", disable=not progress):
-            stop = start + batch_size
-            out += top_k_by_score(
-                self.scores(histories[start:stop]),
-                k,
-                exclude[start:stop] if exclude is not None else None,
-                allow[start:stop] if allow is not None else None,
-                self.catalog,
-            )
-        return out
+        return _top_k_in_batches(self.scores, self.catalog, histories, k, exclude, allow, progress, batch_size)
 
     # -- files --------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
@@ -295,3 +302,44 @@ class SASRecRecommender:
         rec.model.load_state_dict(torch.load(folder / _WEIGHTS, map_location="cpu", weights_only=True))
         rec.model.eval()
         return rec
+
+
+class SASRecEnsemble:
+    """SASRec fits averaged: scores are the log of the members' mean item softmax.
+
+    The teacher of ``train.teacher_seeds`` > 1 (:mod:`genrec.training.distill`), here as a
+    :class:`~genrec.recommender.Recommender` so it is scored by the same evaluator as its members.
+    """
+
+    def __init__(self, members: Sequence[SASRecRecommender], catalog=None):
+        if not members:
+            raise InputError("an ensemble of no SASRec models", "give at least one saved SASRec folder")
+        if len({m.n_items for m in members}) > 1:
+            raise InputError("the ensemble's SASRec models score different catalogs", "fit them on the same data")
+        self.members = list(members)
+        self.catalog = catalog
+        self.n_items = members[0].n_items
+
+    @classmethod
+    def load(cls, folders: Sequence[str | Path], catalog=None) -> "SASRecEnsemble":
+        """An ensemble of the SASRec models saved in ``folders``."""
+        return cls([SASRecRecommender.load(f) for f in folders], catalog)
+
+    @torch.no_grad()
+    def scores(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
+        """(users, n_items) log mean probability of every catalog row after each history."""
+        probs = sum(torch.softmax(m.scores(histories).float(), -1) for m in self.members) / len(self.members)
+        return probs.clamp_min(1e-30).log()
+
+    def recommend(
+        self,
+        histories: Sequence[Sequence[int]],
+        k: int = 10,
+        *,
+        exclude: Sequence[Iterable[int]] | None = None,
+        allow: Sequence[Iterable[int]] | None = None,
+        progress: bool = False,
+        batch_size: int = 256,
+    ) -> list[list[Recommendation]]:
+        """Top ``k`` catalog rows per history from the averaged full ranking."""
+        return _top_k_in_batches(self.scores, self.catalog, histories, k, exclude, allow, progress, batch_size)

@@ -16,25 +16,61 @@ distribution, not a structure that could hold it.
 
 The teacher sees the same items the prompt shows (the history window and, for the answer,
 everything before it), one forward pass per batch, in fp32 without gradients.
+
+A teacher can be an ensemble (``train.teacher_seeds``): SASRec fits that differ only in their
+seed, whose item distributions are averaged before they become code distributions. Averaging
+seeds is the cheapest stronger teacher there is: it ranks better than any one member, and the
+student, which matches its teacher to within a few percent, then has more to imitate.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from genrec.config import SASRecConfig
+from genrec.data import PreparedDataset
 from genrec.errors import InputError
+from genrec.io import atomic_folder
 from genrec.tokenization.catalog import Catalog, code_token
+
+logger = logging.getLogger(__name__)
+
+
+def fit_teacher_seeds(
+    dataset: PreparedDataset, config: SASRecConfig, count: int, folder: str | Path, progress: bool = True
+) -> list[Path]:
+    """``count`` SASRec fits with seeds ``config.seed + 1 ..``, saved as ``folder/sasrec-seedS``.
+
+    A fit already saved there is reused, so an interrupted run resumes without refitting.
+    """
+    from genrec.models.sasrec import SASRecRecommender
+
+    out = []
+    for seed in range(config.seed + 1, config.seed + 1 + count):
+        target = Path(folder) / f"sasrec-seed{seed}"
+        if (target / "sasrec.json").is_file():
+            logger.info("teacher: SASRec seed %d from %s", seed, target)
+        else:
+            logger.info("teacher: fitting SASRec seed %d (ensemble member %d of %d extra)", seed, len(out) + 1, count)
+            rec = SASRecRecommender(dataclasses.replace(config, seed=seed)).fit(dataset, progress=progress)
+            with atomic_folder(target) as tmp:  # whole folder or nothing: a resume never loads half a model
+                rec.save(tmp)
+        out.append(target)
+    return out
 
 
 class SASRecTeacher:
     """Per-token code distributions of a saved SASRec over a catalog's semantic IDs.
 
     Args:
-        folder: a folder written by :meth:`genrec.models.sasrec.SASRecRecommender.save`
+        folders: one folder, or several (an ensemble whose item distributions are averaged),
+            written by :meth:`genrec.models.sasrec.SASRecRecommender.save`
             (``RUN/tokenize/collab_sasrec`` of a ``collab_method: sasrec`` run, or a baseline's
             ``RUN/baselines/sasrec``), trained on the same prepared data.
         catalog: the run's catalog (its rows are the teacher's items).
@@ -45,21 +81,28 @@ class SASRecTeacher:
     """
 
     def __init__(
-        self, folder: str | Path, catalog: Catalog, tokenizer, code_ids: torch.Tensor, temperature: float = 1.0
+        self,
+        folders: str | Path | Sequence[str | Path],
+        catalog: Catalog,
+        tokenizer,
+        code_ids: torch.Tensor,
+        temperature: float = 1.0,
     ):
         from genrec.models.sasrec import SASRecRecommender
 
         if temperature <= 0:
             raise InputError(f"train.distill_temperature is {temperature}", "use a positive value such as 1.0")
-        self.rec = SASRecRecommender.load(folder)
-        if self.rec.n_items != len(catalog):
-            raise InputError(
-                f"the SASRec in {folder} scores {self.rec.n_items} items, the catalog has {len(catalog)}",
-                "distill from a SASRec trained on this run's prepared data",
-            )
-        self.model = self.rec.model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+        self.recs = [SASRecRecommender.load(f) for f in folders]
+        for folder, rec in zip(folders, self.recs):
+            if rec.n_items != len(catalog):
+                raise InputError(
+                    f"the SASRec in {folder} scores {rec.n_items} items, the catalog has {len(catalog)}",
+                    "distill from a SASRec trained on this run's prepared data",
+                )
+            for p in rec.model.parameters():
+                p.requires_grad_(False)
+        self.max_len = min(rec.config.max_len for rec in self.recs)
         self.temperature = temperature
         self.depth = catalog.depth
         self.n_items = len(catalog)
@@ -117,6 +160,15 @@ class SASRecTeacher:
                 out.extend((start + level, j, level) for level in range(self.depth))
         return out
 
+    def item_probs(self, seq: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """The teacher's item distribution at ``seq[rows, pos]``: the mean over the ensemble's members."""
+        probs = None
+        for rec in self.recs:
+            model = rec.model.eval()
+            p = torch.softmax(model.logits(model(seq)[rows, pos]).float() / self.temperature, dim=-1)
+            probs = p if probs is None else probs + p
+        return probs / len(self.recs)
+
     # -- targets -------------------------------------------------------------------------------
     @torch.no_grad()
     def targets(
@@ -139,8 +191,8 @@ class SASRecTeacher:
         for r, c in enumerate(ctx):
             if c:
                 seq[r, L - len(c) :] = torch.tensor(c, dtype=torch.long) + 1
-        hidden = self.model(seq[:, -self.rec.config.max_len :] if L > self.rec.config.max_len else seq)
-        L_used = hidden.shape[1]
+        seq = seq[:, -self.max_len :] if L > self.max_len else seq
+        L_used = seq.shape[1]
         pair_index = {p: i for i, p in enumerate(pairs)}
         rows = torch.tensor([r for r, _ in pairs])
         pos = torch.tensor([L_used - len(ctx[r]) + (j - 1) for r, j in pairs])
@@ -149,7 +201,7 @@ class SASRecTeacher:
                 "a history is longer than the teacher's max_len",
                 "distill from a SASRec with sasrec.max_len >= data.max_history",
             )
-        probs = torch.softmax(self.model.logits(hidden[rows, pos]).float() / self.temperature, dim=-1)
+        probs = self.item_probs(seq, rows, pos)
         target = torch.tensor([items[r][j] for r, j in pairs])
         # per level, the distribution over that level's codes, for every (example, item) pair
         per_level = []

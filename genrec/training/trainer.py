@@ -44,7 +44,7 @@ from genrec.prompts import IGNORE_INDEX, Example, PromptFormatter
 from genrec.recommender import ranked_indices
 from genrec.runs import RunFolder
 from genrec.tokenization.catalog import Catalog
-from genrec.tokenization.stage import load_catalog
+from genrec.tokenization.stage import SASREC_DIR, load_catalog
 from genrec.tokenization.trie import ItemTrie
 from genrec.training.checkpoint import CheckpointStore, TrainState, trainable_state
 from genrec.training.distributed import broadcast, dist_info
@@ -129,17 +129,7 @@ class Trainer:
         self.progress = progress and self.rank == 0
         self.extra_callbacks = list(callbacks or [])
         # choices and ranges were checked when the config was loaded; what is left depends on files
-        if self.tcfg.distill_weight > 0 and not self.tcfg.distill_from:
-            raise InputError(
-                "train.distill_weight is set but train.distill_from names no teacher",
-                "set train.distill_from to a saved SASRec folder, e.g. RUN/tokenize/collab_sasrec",
-            )
-        if self.tcfg.distill_weight > 0 and not (Path(self.tcfg.distill_from) / "sasrec.json").is_file():
-            raise InputError(
-                f"train.distill_from {self.tcfg.distill_from} holds no saved SASRec",
-                "point it at RUN/tokenize/collab_sasrec (collab_method: sasrec) or at the "
-                "output of `genrec baseline sasrec` (RUN/baselines/sasrec)",
-            )
+        self.teacher_folder = self._teacher_folder()  # checked before minutes of setup, not after
         self.dataset = PreparedDataset.load(self.run / "data")
         self.catalog: Catalog = load_catalog(cfg.run_dir)
         if len(self.catalog) != self.dataset.n_items:
@@ -185,10 +175,15 @@ class Trainer:
             )
         self.teacher = None
         if self.tcfg.distill_weight > 0:
-            from genrec.training.distill import SASRecTeacher
+            from genrec.training.distill import SASRecTeacher, fit_teacher_seeds
 
+            folders = [self.teacher_folder]
+            if self.tcfg.teacher_seeds > 1:
+                folders += fit_teacher_seeds(
+                    self.dataset, self.cfg.sasrec, self.tcfg.teacher_seeds - 1, self.run / "teachers", self.progress
+                )
             self.teacher = SASRecTeacher(
-                self.tcfg.distill_from, self.catalog, self.tokenizer, self.code_id_tensor, self.tcfg.distill_temperature
+                folders, self.catalog, self.tokenizer, self.code_id_tensor, self.tcfg.distill_temperature
             )
         self.steps_per_epoch = math.ceil(len(self.examples) / self.tcfg.batch_size / self.tcfg.grad_accum)
         self.total_steps = self.tcfg.max_steps or max(1, int(round(self.steps_per_epoch * self.tcfg.epochs)))
@@ -200,6 +195,29 @@ class Trainer:
             # batch_size is the global batch: each rank takes every world-th example of it, DDP averages
             self.forward_model = torch.nn.parallel.DistributedDataParallel(self.model)
         self._orders: dict[int, list[int]] = {}
+
+    def _teacher_folder(self) -> Path | None:
+        """The SASRec to distill from: train.distill_from, else the one that cut the semantic IDs."""
+        if self.tcfg.distill_weight <= 0:
+            return None
+        if self.tcfg.distill_from:
+            folder = Path(self.tcfg.distill_from)
+            if not (folder / "sasrec.json").is_file():
+                raise InputError(
+                    f"train.distill_from {folder} holds no saved SASRec",
+                    "point it at RUN/tokenize/collab_sasrec (collab_method: sasrec) or at the "
+                    "output of `genrec baseline sasrec` (RUN/baselines/sasrec)",
+                )
+            return folder
+        folder = self.run / "tokenize" / SASREC_DIR
+        if not (folder / "sasrec.json").is_file():
+            raise InputError(
+                "train.distill_weight is set but train.distill_from names no teacher, and this run's "
+                f"tokenize stage fitted no SASRec ({folder} is missing)",
+                "tokenize with tokenize.embedding.collab_method: sasrec, or set train.distill_from to a "
+                "saved SASRec folder (`genrec baseline sasrec` writes RUN/baselines/sasrec)",
+            )
+        return folder
 
     def _build_optimizer(self) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -1,0 +1,211 @@
+"""A stronger teacher: distillation from an ensemble of SASRec seeds, 3 seeds, all users, both protocols.
+
+    python bench/teacher_ensemble.py run demo [--seeds 0 1 2] [--members 3]
+    python bench/teacher_ensemble.py collect demo [--seeds 0 1 2] [--members 3]
+
+For each seed S, runs/teacher-DATASET-sS holds the dataset's prepared data and semantic IDs
+(`genrec data prepare`, `genrec tokenize` with seed = sasrec.seed = S: the IDs are cut from
+SASRec seed S's item table, and that SASRec is the single teacher). Two students are trained
+from those same IDs with the dataset's config, differing only in their teacher:
+
+* ``single``: the config as it is (``train.teacher_seeds=1``, the SASRec that cut the IDs);
+* ``ensemble``: ``train.teacher_seeds=M``: that SASRec and M-1 more seeds, averaged.
+
+Both are evaluated on every test user under both protocols, and so are the teachers
+themselves (SASRec seed S alone, and the M-seed ensemble), with the one evaluator. ``collect``
+averages the seeds into rows of bench/results/results.jsonl and regenerates docs/results.md
+with bench/quality.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving import _cpu  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "results.jsonl"
+CONFIGS = {"demo": "configs/demo.yaml"}
+NAMES = {"demo": "Demo"}
+PROTOCOLS = (("test.json", "seen items kept", False), ("test_xseen.json", "seen items excluded", True))
+METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr", "coverage@10", "invalid_rate")
+
+
+def _genrec(*args: str) -> list[str]:
+    return [sys.executable, "-m", "genrec.cli", *args]
+
+
+def _call(cmd: list[str], log: Path) -> float:
+    """Run ``cmd`` at one thread, its output appended to ``log``; the minutes it took."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    shown = ("genrec " + " ".join(cmd[3:])) if cmd[1:3] == ["-m", "genrec.cli"] else " ".join(cmd[1:])
+    t = time.perf_counter()
+    with open(log, "a") as f:
+        f.write(f"$ {shown}\n")
+        f.flush()
+        if subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode:
+            raise SystemExit(f"failed: {shown} (see {log})")
+    return (time.perf_counter() - t) / 60
+
+
+def _sets(rd: Path, seed: int, extra: list[str] = ()) -> list[str]:
+    sets = [
+        f"run_dir={rd.relative_to(ROOT)}",
+        f"seed={seed}",
+        f"sasrec.seed={seed}",
+        "sasrec.num_threads=1",
+        "train.num_threads=1",
+        *extra,
+    ]
+    return [x for s in sets for x in ("-s", s)]
+
+
+def _variants(members: int) -> dict[str, list[str]]:
+    return {"single": [], "ensemble": [f"train.teacher_seeds={members}"]}
+
+
+def _teacher_folders(vd: Path) -> list[Path]:
+    return [vd / "tokenize" / "collab_sasrec"] + sorted((vd / "teachers").glob("sasrec-seed*"))
+
+
+def _score_teachers(vd: Path) -> None:
+    """The variant's teacher (one SASRec or the ensemble) on every test user, both protocols."""
+    sys.path.insert(0, str(ROOT))
+    from genrec.data import PreparedDataset
+    from genrec.evaluation.evaluator import Evaluator
+    from genrec.io import atomic_write_json
+    from genrec.models.sasrec import SASRecEnsemble
+
+    out = vd / "eval" / "teacher"
+    if (out / "test_xseen.json").is_file():
+        return
+    dataset = PreparedDataset.load(vd / "data")
+    folders = _teacher_folders(vd)
+    teacher = SASRecEnsemble.load(folders)
+    for name, _, exclude_seen in PROTOCOLS:
+        result = Evaluator(dataset, "test", 0, 0, exclude_seen).evaluate(teacher)
+        atomic_write_json(out / name, {**result.to_dict(), "members": [str(f.relative_to(ROOT)) for f in folders]})
+
+
+def run(dataset: str, seeds: list[int], members: int) -> None:
+    config = CONFIGS[dataset]
+    for seed in seeds:
+        base = ROOT / "runs" / f"teacher-{dataset}-s{seed}"
+        log = ROOT / "runs" / f"teacher-{dataset}-s{seed}.log"
+        if not (base / "tokenize").is_dir():
+            for stage in (["data", "prepare"], ["tokenize"]):
+                _call(_genrec(*stage, config, *_sets(base, seed)), log)
+        for variant, extra in _variants(members).items():
+            vd = base.parent / f"{base.name}-{variant}"
+            if not (vd / "eval" / "test_xseen.json").is_file():
+                if not (vd / "model").is_dir():
+                    shutil.rmtree(vd, ignore_errors=True)
+                    shutil.copytree(base, vd)
+                    minutes = _call(_genrec("train", config, *_sets(vd, seed, extra)), log)
+                    (vd / "train_minutes.txt").write_text(f"{minutes:.2f}\n")
+                for flag in ("--no-exclude-seen", "--exclude-seen"):
+                    _call(_genrec("evaluate", str(vd.relative_to(ROOT)), flag), log)
+            _score_teachers(vd)
+
+
+def _mean_sd(values: list[float]) -> dict:
+    return {
+        "mean": round(statistics.mean(values), 4),
+        "sd": round(statistics.stdev(values), 4) if len(values) > 1 else None,
+    }
+
+
+def _commit(evals: list[dict]) -> str:
+    return ", ".join(sorted({e["commit"][:12] + ("-dirty" if e["commit"].endswith("-dirty") else "") for e in evals}))
+
+
+def collect(dataset: str, seeds: list[int], members: int) -> None:
+    command = f"python bench/teacher_ensemble.py run {dataset} --seeds {' '.join(map(str, seeds))} --members {members}"
+    systems = {
+        ("single", "genrec"): "genrec, the make demo recipe (teacher: the SASRec that cut the IDs)",
+        ("ensemble", "genrec"): f"genrec, teacher = ensemble of {members} SASRec seeds (train.teacher_seeds={members})",
+        ("single", "teacher"): "SASRec-CE (the single teacher)",
+        ("ensemble", "teacher"): f"SASRec-CE, ensemble of {members} seeds (the ensemble teacher)",
+    }
+    rows = []
+    for (variant, who), system in systems.items():
+        for name, protocol, _ in PROTOCOLS:
+            evals, notes, minutes = [], [], []
+            for seed in seeds:
+                vd = ROOT / "runs" / f"teacher-{dataset}-s{seed}-{variant}"
+                if who == "genrec":
+                    e = json.loads((vd / "eval" / name).read_text())
+                    evals.append({**e["genrec"], "commit": e["commit"]})
+                    info = json.loads((vd / "manifest.json").read_text())["stages"]["model"]
+                    minutes.append(float((vd / "train_minutes.txt").read_text()))
+                    notes.append(
+                        json.dumps(
+                            {
+                                "run": str(vd.relative_to(ROOT)),
+                                "train_steps": info.get("steps"),
+                                "valid_ndcg@10": info.get("best_valid_ndcg@10"),
+                                "train_minutes_with_teacher_fits": round(minutes[-1], 2),
+                            }
+                        )
+                    )
+                else:
+                    e = json.loads((vd / "eval" / "teacher" / name).read_text())
+                    evals.append(e)
+                    notes.append(json.dumps({"members": e["members"]}))
+            rows.append(
+                {
+                    "dataset": NAMES[dataset],
+                    "system": system,
+                    "protocol": protocol,
+                    "users": json.loads((vd / "eval" / name).read_text())["users"],
+                    "user_sample": "all",
+                    "seeds": seeds,
+                    "metrics": {k: _mean_sd([e[k] for e in evals]) for k in METRICS if k in evals[0]},
+                    "minutes": _mean_sd(minutes) if minutes else None,
+                    "commit": _commit(evals),
+                    "cpu": _cpu(),
+                    "config": f"{CONFIGS[dataset]} (seed, sasrec.seed = S)"
+                    + (f"; train.teacher_seeds={members}" if variant == "ensemble" else ""),
+                    "command": command,
+                    "published": False,
+                    "headline": False,
+                    "notes": (
+                        ["minutes: `genrec train`, the extra SASRec fits of the ensemble included."] if minutes else []
+                    )
+                    + notes,
+                    "runs": [],
+                }
+            )
+    keep = [json.loads(x) for x in RESULTS.read_text().splitlines() if x.strip()]
+    ours = {(r["dataset"], r["system"], r["protocol"]) for r in rows}
+    keep = [r for r in keep if (r["dataset"], r["system"], r["protocol"]) not in ours]
+    RESULTS.write_text("".join(json.dumps(r) + "\n" for r in keep + rows))
+    subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py")], cwd=ROOT, check=True)
+    for r in rows:
+        m = r["metrics"]
+        print(f"{r['system'][:70]:70s} {r['protocol']:20s} N@10 {m['ndcg@10']} R@10 {m['recall@10']}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    for name in ("run", "collect"):
+        a = sub.add_parser(name)
+        a.add_argument("dataset", choices=sorted(CONFIGS))
+        a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+        a.add_argument("--members", type=int, default=3, help="SASRec seeds in the ensemble teacher")
+    args = ap.parse_args()
+    (run if args.what == "run" else collect)(args.dataset, args.seeds, args.members)
+
+
+if __name__ == "__main__":
+    main()
