@@ -363,6 +363,15 @@ class TrainConfig(_Section):
         why="it is a weight",
     )
     distill_temperature: float = _f(1.0, "Temperature of the teacher's item softmax (> 1: softer).", gt=0)
+    distill_mask_seen: bool = _f(
+        False,
+        "The teacher gives no mass to the items shown before the one it "
+        "predicts (other than that item itself, a repeat), the rest renormalised: "
+        "the student learns the teacher's ranking with seen items excluded, what "
+        "a product shows. SASRec puts much of its mass on the history's own "
+        "items, which in most public sets (Amazon 5-core, MovieTweetings) are "
+        "never the next one; leave it off where users buy the same items again.",
+    )
     lr: float = _f(5e-4, "Peak learning rate (AdamW).", gt=0)
     weight_decay: float = _f(0.0, "AdamW weight decay.", ge=0)
     warmup_ratio: float = _f(0.05, "Share of steps with linear warm-up before the cosine decay.", ge=0, le=1)

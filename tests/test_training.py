@@ -200,13 +200,16 @@ def _teacher_by_hand(teacher, items: list[int], j: int, level: int, codes: np.nd
         for rec in teacher.recs:
             h = rec.model(_left_pad([[i + 1 for i in items[:-1]]], 50))[0, j - 1]  # state after items[j-1]
             p = p + torch.softmax(rec.model.logits(h), -1).numpy() / len(teacher.recs)
+    if teacher.mask_seen:  # the items shown before items[j] get nothing, the rest renormalised
+        p[[i for i in items[:j] if i != items[j]]] = 0.0
+        p = p / p.sum()
     same = (codes[:, :level] == codes[items[j], :level]).all(1)
     out = np.bincount(codes[same, level], weights=p[same], minlength=int(codes[:, level].max()) + 1)
     return out / out.sum()
 
 
-@pytest.mark.parametrize("teacher_seeds", [1, 2])
-def test_distillation_targets_are_the_teachers_code_mass(demo_run, demo_teacher, tmp_path, teacher_seeds):
+@pytest.mark.parametrize("teacher_seeds,mask_seen", [(1, False), (2, False), (1, True)])
+def test_distillation_targets_are_the_teachers_code_mass(demo_run, demo_teacher, tmp_path, teacher_seeds, mask_seen):
     run = copy_prepared(demo_run, tmp_path / "kd")
     over = [
         "train.history_loss=1.0",
@@ -214,6 +217,7 @@ def test_distillation_targets_are_the_teachers_code_mass(demo_run, demo_teacher,
         f"train.distill_from={demo_teacher}",
         "train.distill_weight=1.0",
         f"train.teacher_seeds={teacher_seeds}",
+        f"train.distill_mask_seen={str(mask_seen).lower()}",
         # the ensemble's extra member is fitted by the trainer with the sasrec section
         "sasrec.hidden=32",
         "sasrec.epochs=2",

@@ -78,6 +78,9 @@ class SASRecTeacher:
         code_ids: the sorted code token ids whose logits the student's loss uses; distributions
             come out over these columns.
         temperature: softens (> 1) or sharpens (< 1) the teacher's item distribution.
+        mask_seen: give no mass to the items shown before the one predicted (other than that
+            item itself), renormalising the rest: the teacher then ranks as it does with seen
+            items excluded (``train.distill_mask_seen``).
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class SASRecTeacher:
         tokenizer,
         code_ids: torch.Tensor,
         temperature: float = 1.0,
+        mask_seen: bool = False,
     ):
         from genrec.models.sasrec import SASRecRecommender
 
@@ -103,6 +107,7 @@ class SASRecTeacher:
             for p in rec.model.parameters():
                 p.requires_grad_(False)
         self.max_len = min(rec.config.max_len for rec in self.recs)
+        self.mask_seen = mask_seen
         self.temperature = temperature
         self.depth = catalog.depth
         self.n_items = len(catalog)
@@ -203,6 +208,13 @@ class SASRecTeacher:
             )
         probs = self.item_probs(seq, rows, pos)
         target = torch.tensor([items[r][j] for r, j in pairs])
+        if self.mask_seen:
+            # the items shown before item j get no teacher mass, except item j itself (a repeat)
+            hit = [(n, i) for n, (r, j) in enumerate(pairs) for i in set(items[r][:j]) - {items[r][j]}]
+            if hit:
+                at = torch.tensor(hit)
+                probs[at[:, 0], at[:, 1]] = 0.0
+                probs = probs / probs.sum(1, keepdim=True).clamp_min(1e-12)
         # per level, the distribution over that level's codes, for every (example, item) pair
         per_level = []
         M = len(pairs)

@@ -183,7 +183,12 @@ class Trainer:
                     self.dataset, self.cfg.sasrec, self.tcfg.teacher_seeds - 1, self.run / "teachers", self.progress
                 )
             self.teacher = SASRecTeacher(
-                folders, self.catalog, self.tokenizer, self.code_id_tensor, self.tcfg.distill_temperature
+                folders,
+                self.catalog,
+                self.tokenizer,
+                self.code_id_tensor,
+                self.tcfg.distill_temperature,
+                self.tcfg.distill_mask_seen,
             )
         self.steps_per_epoch = math.ceil(len(self.examples) / self.tcfg.batch_size / self.tcfg.grad_accum)
         self.total_steps = self.tcfg.max_steps or max(1, int(round(self.steps_per_epoch * self.tcfg.epochs)))

@@ -1,17 +1,19 @@
-"""A stronger teacher: distillation from an ensemble of SASRec seeds, 3 seeds, all users, both protocols.
+"""Teacher ablation: what the distillation teacher gives the student, 3 seeds, all users, both protocols.
 
-    python bench/teacher_ensemble.py run demo [--seeds 0 1 2] [--members 3]
-    python bench/teacher_ensemble.py collect demo [--seeds 0 1 2] [--members 3]
+    python bench/teacher_ablation.py run demo [--seeds 0 1 2] [--variants single ensemble masked]
+    python bench/teacher_ablation.py collect demo [--seeds 0 1 2] [--variants single ensemble masked]
 
 For each seed S, runs/teacher-DATASET-sS holds the dataset's prepared data and semantic IDs
 (`genrec data prepare`, `genrec tokenize` with seed = sasrec.seed = S: the IDs are cut from
-SASRec seed S's item table, and that SASRec is the single teacher). Two students are trained
-from those same IDs with the dataset's config, differing only in their teacher:
+SASRec seed S's item table, and that SASRec is the single teacher). Students are trained from
+those same IDs with the dataset's config, differing only in their teacher:
 
 * ``single``: the config as it is (``train.teacher_seeds=1``, the SASRec that cut the IDs);
-* ``ensemble``: ``train.teacher_seeds=M``: that SASRec and M-1 more seeds, averaged.
+* ``ensemble``: ``train.teacher_seeds=M`` (``--members``): that SASRec and M-1 more seeds, averaged;
+* ``masked``: ``train.distill_mask_seen=true``: the single teacher with the items already shown
+  given no mass, i.e. the teacher as it ranks with seen items excluded.
 
-Both are evaluated on every test user under both protocols, and so are the teachers
+Each student is evaluated on every test user under both protocols, and so are the teachers
 themselves (SASRec seed S alone, and the M-seed ensemble), with the one evaluator. ``collect``
 averages the seeds into rows of bench/results/results.jsonl and regenerates docs/results.md
 with bench/quality.py.
@@ -70,7 +72,11 @@ def _sets(rd: Path, seed: int, extra: list[str] = ()) -> list[str]:
 
 
 def _variants(members: int) -> dict[str, list[str]]:
-    return {"single": [], "ensemble": [f"train.teacher_seeds={members}"]}
+    return {
+        "single": [],
+        "ensemble": [f"train.teacher_seeds={members}"],
+        "masked": ["train.distill_mask_seen=true"],
+    }
 
 
 def _teacher_folders(vd: Path) -> list[Path]:
@@ -96,7 +102,7 @@ def _score_teachers(vd: Path) -> None:
         atomic_write_json(out / name, {**result.to_dict(), "members": [str(f.relative_to(ROOT)) for f in folders]})
 
 
-def run(dataset: str, seeds: list[int], members: int) -> None:
+def run(dataset: str, seeds: list[int], members: int, variants: list[str]) -> None:
     config = CONFIGS[dataset]
     for seed in seeds:
         base = ROOT / "runs" / f"teacher-{dataset}-s{seed}"
@@ -104,7 +110,8 @@ def run(dataset: str, seeds: list[int], members: int) -> None:
         if not (base / "tokenize").is_dir():
             for stage in (["data", "prepare"], ["tokenize"]):
                 _call(_genrec(*stage, config, *_sets(base, seed)), log)
-        for variant, extra in _variants(members).items():
+        for variant in variants:
+            extra = _variants(members)[variant]
             vd = base.parent / f"{base.name}-{variant}"
             if not (vd / "eval" / "test_xseen.json").is_file():
                 if not (vd / "model").is_dir():
@@ -114,7 +121,8 @@ def run(dataset: str, seeds: list[int], members: int) -> None:
                     (vd / "train_minutes.txt").write_text(f"{minutes:.2f}\n")
                 for flag in ("--no-exclude-seen", "--exclude-seen"):
                     _call(_genrec("evaluate", str(vd.relative_to(ROOT)), flag), log)
-            _score_teachers(vd)
+            if variant != "masked":  # its teacher is the single one, scored under both protocols already
+                _score_teachers(vd)
 
 
 def _mean_sd(values: list[float]) -> dict:
@@ -128,14 +136,19 @@ def _commit(evals: list[dict]) -> str:
     return ", ".join(sorted({e["commit"][:12] + ("-dirty" if e["commit"].endswith("-dirty") else "") for e in evals}))
 
 
-def collect(dataset: str, seeds: list[int], members: int) -> None:
-    command = f"python bench/teacher_ensemble.py run {dataset} --seeds {' '.join(map(str, seeds))} --members {members}"
+def collect(dataset: str, seeds: list[int], members: int, variants: list[str]) -> None:
+    command = (
+        f"python bench/teacher_ablation.py run {dataset} --seeds {' '.join(map(str, seeds))} --members {members} "
+        f"--variants {' '.join(variants)}"
+    )
     systems = {
         ("single", "genrec"): "genrec, the make demo recipe (teacher: the SASRec that cut the IDs)",
         ("ensemble", "genrec"): f"genrec, teacher = ensemble of {members} SASRec seeds (train.teacher_seeds={members})",
+        ("masked", "genrec"): "genrec, teacher with seen items masked (train.distill_mask_seen)",
         ("single", "teacher"): "SASRec-CE (the single teacher)",
         ("ensemble", "teacher"): f"SASRec-CE, ensemble of {members} seeds (the ensemble teacher)",
     }
+    systems = {key: name for key, name in systems.items() if key[0] in variants}
     rows = []
     for (variant, who), system in systems.items():
         for name, protocol, _ in PROTOCOLS:
@@ -174,7 +187,7 @@ def collect(dataset: str, seeds: list[int], members: int) -> None:
                     "commit": _commit(evals),
                     "cpu": _cpu(),
                     "config": f"{CONFIGS[dataset]} (seed, sasrec.seed = S)"
-                    + (f"; train.teacher_seeds={members}" if variant == "ensemble" else ""),
+                    + "".join(f"; {x}" for x in _variants(members)[variant]),
                     "command": command,
                     "published": False,
                     "headline": False,
@@ -203,8 +216,9 @@ def main() -> None:
         a.add_argument("dataset", choices=sorted(CONFIGS))
         a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
         a.add_argument("--members", type=int, default=3, help="SASRec seeds in the ensemble teacher")
+        a.add_argument("--variants", nargs="+", default=["single", "ensemble", "masked"], choices=_variants(3))
     args = ap.parse_args()
-    (run if args.what == "run" else collect)(args.dataset, args.seeds, args.members)
+    (run if args.what == "run" else collect)(args.dataset, args.seeds, args.members, args.variants)
 
 
 if __name__ == "__main__":

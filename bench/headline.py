@@ -1,0 +1,231 @@
+"""The headline rows: the recommended recipe, its teacher and popularity, every test user, both protocols.
+
+    python bench/headline.py run beauty [--seeds 0 1 2]
+    python bench/headline.py collect beauty [--seeds 0 1 2]
+
+For each seed S, runs/headline-DATASET-sS is the recipe of configs/beauty-scratch.yaml run with
+the `genrec` CLI (seed = sasrec.seed = S): `data prepare`, `tokenize` (fits SASRec-CE seed S and
+cuts the semantic IDs from its item table), `train` (distilled from that SASRec), then
+`evaluate` under both protocols. The teacher (SASRec-CE seed S, as `tokenize` fitted it) and
+popularity are scored on the same users with the same evaluator. Other datasets run the same
+config with only their data section (and run folder) replaced; a dataset's ``budget`` entry below
+is the one other override, the training time (train.max_minutes, which the learning rate
+schedule follows).
+
+``collect`` averages the seeds into rows of bench/results/results.jsonl (marked headline) and
+regenerates docs/results.md with bench/quality.py. A stage already done is skipped, so ``run``
+resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving import _cpu  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "results.jsonl"
+CONFIG = "configs/beauty-scratch.yaml"
+#: dataset -> (results name, overrides of the config: its data section, and a time budget)
+DATASETS = {
+    "beauty": ("Beauty", []),
+    "scientific": (
+        "Scientific",
+        [
+            "data.format=lcrec",
+            "data.path=../../shared/data/amazon-scientific-2018",
+            "data.name=Scientific",
+            "train.max_minutes=40",
+        ],
+    ),
+}
+PROTOCOLS = (("test.json", "seen items kept", False), ("test_xseen.json", "seen items excluded", True))
+METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr", "coverage@10", "invalid_rate")
+RECIPE = "genrec 4x128, SASRec-CE IDs + distillation (configs/beauty-scratch.yaml, the recommended recipe)"
+
+
+def _run_dir(dataset: str, seed: int) -> Path:
+    return ROOT / "runs" / f"headline-{dataset}-s{seed}"
+
+
+def _sets(dataset: str, seed: int) -> list[str]:
+    rd = _run_dir(dataset, seed).relative_to(ROOT)
+    sets = [f"run_dir={rd}", f"seed={seed}", f"sasrec.seed={seed}", "sasrec.num_threads=1", "train.num_threads=1"]
+    return [x for s in (*sets, *DATASETS[dataset][1]) for x in ("-s", s)]
+
+
+def _call(args: list[str], log: Path, shown: str) -> float:
+    """Run ``python args`` at one thread, output appended to ``log``; the minutes it took."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    t = time.perf_counter()
+    with open(log, "a") as f:
+        f.write(f"$ {shown}\n")
+        f.flush()
+        if subprocess.run([sys.executable, *args], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode:
+            raise SystemExit(f"failed: {shown} (see {log})")
+    return (time.perf_counter() - t) / 60
+
+
+def _genrec(log: Path, *args: str) -> float:
+    return _call(["-m", "genrec.cli", *args], log, "genrec " + " ".join(args))
+
+
+def run(dataset: str, seeds: list[int]) -> None:
+    for seed in seeds:
+        rd, sets = _run_dir(dataset, seed), _sets(dataset, seed)
+        log = rd.parent / f"{rd.name}.log"
+        rel = str(rd.relative_to(ROOT))
+        if not (rd / "data").is_dir():
+            _genrec(log, "data", "prepare", CONFIG, *sets)
+        if not (rd / "tokenize").is_dir():
+            _genrec(log, "tokenize", CONFIG, *sets)
+        if not (rd / "model").is_dir():
+            _genrec(log, "train", CONFIG, *sets)
+        for name, _, exclude in PROTOCOLS:
+            flag = "--exclude-seen" if exclude else "--no-exclude-seen"
+            if not (rd / "eval" / name).is_file():
+                _genrec(log, "evaluate", rel, flag)
+            teacher = rd / "tokenize" / "collab_sasrec"
+            if not (teacher / f"metrics_test_all{'_xseen' if exclude else ''}.json").is_file():
+                extra = ["--exclude-seen"] if exclude else []
+                _call(
+                    ["bench/quality_jobs.py", "sasrec-eval", rel, str(teacher.relative_to(ROOT)), *extra],
+                    log,
+                    " ".join(["python bench/quality_jobs.py sasrec-eval", rel, str(teacher.relative_to(ROOT)), *extra]),
+                )
+            if not (rd / "baselines" / "popularity" / f"metrics_test{'_xseen' if exclude else ''}.json").is_file():
+                _genrec(log, "baseline", "popularity", CONFIG, *sets, flag)
+
+
+def _mean_sd(values: list[float]) -> dict:
+    return {
+        "mean": round(statistics.mean(values), 4),
+        "sd": round(statistics.stdev(values), 4) if len(values) > 1 else None,
+    }
+
+
+def _commit(evals: list[dict]) -> str | None:
+    commits = {e.get("commit") for e in evals if e.get("commit")}
+    return ", ".join(sorted(c[:12] + ("-dirty" if c.endswith("-dirty") else "") for c in commits)) or None
+
+
+def _commands(log: Path) -> list[str]:
+    return [line[2:] for line in log.read_text().splitlines() if line.startswith("$ ")]
+
+
+def collect(dataset: str, seeds: list[int]) -> None:
+    name, overrides = DATASETS[dataset]
+    described = CONFIG + (" with " + " ".join(overrides) if overrides else "") + " (seed, sasrec.seed = S)"
+    rows = []
+    for who in ("genrec", "teacher", "popularity"):
+        for file, protocol, exclude in PROTOCOLS:
+            evals, notes, commands, minutes = [], [], [], []
+            for seed in seeds:
+                rd = _run_dir(dataset, seed)
+                log = rd.parent / f"{rd.name}.log"
+                if seed == seeds[0]:
+                    commands = _commands(log)
+                if who == "genrec":
+                    e = json.loads((rd / "eval" / file).read_text())
+                    evals.append({**e["genrec"], "commit": e["commit"], "users": e["users"]})
+                    info = json.loads((rd / "manifest.json").read_text())["stages"]
+                    model = info["model"]
+                    train = json.loads((rd / "train" / "checkpoint" / "state.json").read_text())
+                    minutes.append(round(train["minutes"], 1))
+                    notes.append(
+                        json.dumps(
+                            {
+                                "run": str(rd.relative_to(ROOT)),
+                                "collisions": info["tokenize"].get("collision_rate"),
+                                "train_steps": model.get("steps"),
+                                "best_valid_ndcg@10": model.get("best_valid_ndcg@10"),
+                                "valid_ndcg@10_by_step": {e["step"]: round(e["ndcg@10"], 4) for e in train["evals"]},
+                                "decode_seconds_per_user": e["genrec"].get("seconds_per_user"),
+                            }
+                        )
+                    )
+                elif who == "teacher":
+                    folder = rd / "tokenize" / "collab_sasrec"
+                    e = json.loads((folder / f"metrics_test_all{'_xseen' if exclude else ''}.json").read_text())
+                    meta = json.loads((folder / "sasrec.json").read_text())
+                    evals.append(e)
+                    minutes.append(round(meta["train_seconds"] / 60, 1))
+                    notes.append(
+                        f"seed {seed}: best epoch {meta['best_epoch']} of {meta['epochs_run']} "
+                        f"(cap {meta['config']['epochs']}, patience {meta['config']['patience']})"
+                    )
+                else:
+                    e = json.loads(
+                        (
+                            rd / "baselines" / "popularity" / f"metrics_test{'_xseen' if exclude else ''}.json"
+                        ).read_text()
+                    )
+                    evals.append(e)
+            if who == "popularity":
+                evals = evals[:1]  # deterministic: one row, whatever the seeds
+            system = {
+                "genrec": RECIPE,
+                "teacher": "SASRec-CE, the recipe's teacher (fitted inside genrec tokenize)",
+                "popularity": "popularity",
+            }[who]
+            rows.append(
+                {
+                    "dataset": name,
+                    "system": system,
+                    "protocol": protocol,
+                    "users": evals[0]["users"],
+                    "user_sample": "all",
+                    "seeds": [] if who == "popularity" else seeds,
+                    "metrics": {k: _mean_sd([e[k] for e in evals]) for k in METRICS if k in evals[0]},
+                    "minutes": _mean_sd(minutes) if minutes else None,
+                    "commit": _commit(evals),
+                    "cpu": _cpu(),
+                    "config": described,
+                    "command": f"python bench/headline.py run {dataset} --seeds {' '.join(map(str, seeds))}\n"
+                    + f"# seed {seeds[0]}, as run:\n"
+                    + "\n".join(commands),
+                    "published": False,
+                    "headline": who != "teacher",
+                    "notes": (
+                        ["minutes: training only (genrec train's clock; tokenize's SASRec fit not included)."]
+                        if who == "genrec"
+                        else ["minutes: the SASRec fit."]
+                        if who == "teacher"
+                        else []
+                    )
+                    + notes,
+                    "runs": [],
+                }
+            )
+    keep = [json.loads(x) for x in RESULTS.read_text().splitlines() if x.strip()]
+    key = ("dataset", "system", "protocol", "user_sample")
+    ours = {tuple(r[k] for k in key) for r in rows}
+    keep = [r for r in keep if tuple(r[k] for k in key) not in ours]
+    RESULTS.write_text("".join(json.dumps(r) + "\n" for r in keep + rows))
+    subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py")], cwd=ROOT, check=True)
+    for r in rows:
+        m = r["metrics"]
+        print(f"{r['system'][:70]:70s} {r['protocol']:20s} N@10 {m['ndcg@10']} R@10 {m['recall@10']}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    for verb in ("run", "collect"):
+        a = sub.add_parser(verb)
+        a.add_argument("dataset", choices=sorted(DATASETS))
+        a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = ap.parse_args()
+    (run if args.what == "run" else collect)(args.dataset, args.seeds)
+
+
+if __name__ == "__main__":
+    main()
