@@ -1,6 +1,7 @@
 """The headline rows: the recommended recipe, its teacher and popularity, every test user, both protocols.
 
     python bench/headline.py run beauty [--seeds 0 1 2]
+    python bench/headline.py bar beauty [--seeds 0 1 2]
     python bench/headline.py collect beauty [--seeds 0 1 2]
 
 For each seed S, runs/headline-DATASET-sS is the recipe of configs/beauty-scratch.yaml run with
@@ -11,6 +12,12 @@ popularity are scored on the same users with the same evaluator. Other datasets 
 config with only their data section (and run folder) replaced; a dataset's ``budget`` entry below
 is the one other override, the training time (train.max_minutes, which the learning rate
 schedule follows).
+
+``bar`` fits the bar, SASRec-CE trained to convergence (the config's sasrec section with a
+200-epoch cap: early stopping on every validation user ends it), one model per seed on seed
+0's prepared data (`genrec baseline sasrec`), and scores it under both protocols. The teacher
+that seed 0's `tokenize` fitted is that same model when early stopping ended it before its cap
+(same seed, data and settings; the cap only bounds the loop), so it is reused.
 
 ``collect`` averages the seeds into rows of bench/results/results.jsonl (marked headline) and
 regenerates docs/results.md with bench/quality.py. A stage already done is skipped, so ``run``
@@ -105,6 +112,35 @@ def run(dataset: str, seeds: list[int]) -> None:
                 _genrec(log, "baseline", "popularity", CONFIG, *sets, flag)
 
 
+BAR_EPOCHS = 200
+
+
+def _bar_folder(dataset: str, seed: int) -> Path:
+    """SASRec-CE seed ``seed`` trained to convergence, on seed 0's prepared data."""
+    rd = _run_dir(dataset, 0)
+    teacher = rd / "tokenize" / "collab_sasrec"
+    if seed == 0 and (teacher / "sasrec.json").is_file():
+        meta = json.loads((teacher / "sasrec.json").read_text())
+        if meta["epochs_run"] < meta["config"]["epochs"]:  # early stopping ended it, not the cap
+            return teacher
+    return rd / "baselines" / ("sasrec" if seed == 0 else f"sasrec-seed{seed}")
+
+
+def bar(dataset: str, seeds: list[int]) -> None:
+    rd = _run_dir(dataset, 0)
+    rel, log = str(rd.relative_to(ROOT)), rd.parent / f"{rd.name}.log"
+    for seed in seeds:
+        folder = _bar_folder(dataset, seed)
+        sets = _sets(dataset, 0) + ["-s", f"sasrec.seed={seed}", "-s", f"sasrec.epochs={BAR_EPOCHS}"]
+        if not (folder / "sasrec.json").is_file():
+            _genrec(log, "baseline", "sasrec", CONFIG, *sets)
+        for _, _, exclude in PROTOCOLS:
+            if not (folder / f"metrics_test_all{'_xseen' if exclude else ''}.json").is_file():
+                extra = ["--exclude-seen"] if exclude else []
+                args = ["bench/quality_jobs.py", "sasrec-eval", rel, str(folder.relative_to(ROOT)), *extra]
+                _call(args, log, "python " + " ".join(args))
+
+
 def _mean_sd(values: list[float]) -> dict:
     return {
         "mean": round(statistics.mean(values), 4),
@@ -121,18 +157,17 @@ def _commands(log: Path) -> list[str]:
     return [line[2:] for line in log.read_text().splitlines() if line.startswith("$ ")]
 
 
-def collect(dataset: str, seeds: list[int]) -> None:
+def collect(dataset: str, seeds: list[int], bar_seeds: list[int]) -> None:
     name, overrides = DATASETS[dataset]
     described = CONFIG + (" with " + " ".join(overrides) if overrides else "") + " (seed, sasrec.seed = S)"
     rows = []
-    for who in ("genrec", "teacher", "popularity"):
+    for who in ("genrec", "teacher", "bar", "popularity"):
         for file, protocol, exclude in PROTOCOLS:
-            evals, notes, commands, minutes = [], [], [], []
-            for seed in seeds:
+            evals, notes, minutes = [], [], []
+            rd0 = _run_dir(dataset, seeds[0])
+            commands = _commands(rd0.parent / f"{rd0.name}.log")
+            for seed in bar_seeds if who == "bar" else seeds:
                 rd = _run_dir(dataset, seed)
-                log = rd.parent / f"{rd.name}.log"
-                if seed == seeds[0]:
-                    commands = _commands(log)
                 if who == "genrec":
                     e = json.loads((rd / "eval" / file).read_text())
                     evals.append({**e["genrec"], "commit": e["commit"], "users": e["users"]})
@@ -152,8 +187,8 @@ def collect(dataset: str, seeds: list[int]) -> None:
                             }
                         )
                     )
-                elif who == "teacher":
-                    folder = rd / "tokenize" / "collab_sasrec"
+                elif who in ("teacher", "bar"):
+                    folder = rd / "tokenize" / "collab_sasrec" if who == "teacher" else _bar_folder(dataset, seed)
                     e = json.loads((folder / f"metrics_test_all{'_xseen' if exclude else ''}.json").read_text())
                     meta = json.loads((folder / "sasrec.json").read_text())
                     evals.append(e)
@@ -174,6 +209,7 @@ def collect(dataset: str, seeds: list[int]) -> None:
             system = {
                 "genrec": RECIPE,
                 "teacher": "SASRec-CE, the recipe's teacher (fitted inside genrec tokenize)",
+                "bar": f"SASRec-CE, converged (early stopping, {BAR_EPOCHS}-epoch cap)",
                 "popularity": "popularity",
             }[who]
             rows.append(
@@ -183,22 +219,26 @@ def collect(dataset: str, seeds: list[int]) -> None:
                     "protocol": protocol,
                     "users": evals[0]["users"],
                     "user_sample": "all",
-                    "seeds": [] if who == "popularity" else seeds,
+                    "seeds": [] if who == "popularity" else bar_seeds if who == "bar" else seeds,
                     "metrics": {k: _mean_sd([e[k] for e in evals]) for k in METRICS if k in evals[0]},
                     "minutes": _mean_sd(minutes) if minutes else None,
                     "commit": _commit(evals),
                     "cpu": _cpu(),
                     "config": described,
-                    "command": f"python bench/headline.py run {dataset} --seeds {' '.join(map(str, seeds))}\n"
-                    + f"# seed {seeds[0]}, as run:\n"
-                    + "\n".join(commands),
                     "published": False,
                     "headline": who != "teacher",
+                    "command": (
+                        f"python bench/headline.py bar {dataset} --seeds {' '.join(map(str, bar_seeds))}"
+                        if who == "bar"
+                        else f"python bench/headline.py run {dataset} --seeds {' '.join(map(str, seeds))}\n"
+                        + f"# seed {seeds[0]}, as run:\n"
+                        + "\n".join(commands)
+                    ),
                     "notes": (
                         ["minutes: training only (genrec train's clock; tokenize's SASRec fit not included)."]
                         if who == "genrec"
                         else ["minutes: the SASRec fit."]
-                        if who == "teacher"
+                        if who in ("teacher", "bar")
                         else []
                     )
                     + notes,
@@ -219,12 +259,17 @@ def collect(dataset: str, seeds: list[int]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
-    for verb in ("run", "collect"):
+    for verb in ("run", "bar", "collect"):
         a = sub.add_parser(verb)
         a.add_argument("dataset", choices=sorted(DATASETS))
         a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+        if verb == "collect":
+            a.add_argument("--bar-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds `bar` fitted")
     args = ap.parse_args()
-    (run if args.what == "run" else collect)(args.dataset, args.seeds)
+    if args.what == "collect":
+        collect(args.dataset, args.seeds, args.bar_seeds)
+    else:
+        {"run": run, "bar": bar}[args.what](args.dataset, args.seeds)
 
 
 if __name__ == "__main__":
