@@ -142,9 +142,9 @@ def collect(dataset: str, seeds: list[int], members: int, variants: list[str]) -
         f"--variants {' '.join(variants)}"
     )
     systems = {
-        ("single", "genrec"): "genrec, the make demo recipe (teacher: the SASRec that cut the IDs)",
+        ("single", "genrec"): "genrec, teacher: the SASRec that cut the IDs (distill_mask_seen off)",
         ("ensemble", "genrec"): f"genrec, teacher = ensemble of {members} SASRec seeds (train.teacher_seeds={members})",
-        ("masked", "genrec"): "genrec, teacher with seen items masked (train.distill_mask_seen)",
+        ("masked", "genrec"): "genrec, teacher with seen items masked (train.distill_mask_seen, the make demo recipe)",
         ("single", "teacher"): "SASRec-CE (the single teacher)",
         ("ensemble", "teacher"): f"SASRec-CE, ensemble of {members} seeds (the ensemble teacher)",
     }
@@ -194,6 +194,10 @@ def collect(dataset: str, seeds: list[int], members: int, variants: list[str]) -
                     "notes": (
                         ["minutes: `genrec train`, the extra SASRec fits of the ensemble included."] if minutes else []
                     )
+                    + [
+                        "-dirty: bench scripts, configs and docs were being edited while these runs went; "
+                        "genrec/ was as committed"
+                    ]
                     + notes,
                     "runs": [],
                 }
