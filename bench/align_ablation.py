@@ -25,12 +25,12 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality import mean_sd, merge_rows  # noqa: E402
 from serving import _cpu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,13 +100,6 @@ def run(dataset: str, seeds: list[int]) -> None:
             _evaluate(vd, log)
 
 
-def _mean_sd(values: list[float]) -> dict:
-    return {
-        "mean": round(statistics.mean(values), 4),
-        "sd": round(statistics.stdev(values), 4) if len(values) > 1 else None,
-    }
-
-
 def collect(dataset: str, seeds: list[int]) -> None:
     rows = []
     for variant in VARIANTS:
@@ -142,7 +135,7 @@ def collect(dataset: str, seeds: list[int]) -> None:
                 log = ROOT / "runs" / f"align-{dataset}-s{seed}.log"
                 commands += [c[2:] for c in log.read_text().splitlines() if c.startswith("$ ") and vd.name in c]
             metrics = {
-                k: _mean_sd([e["genrec"][k] for e in evals])
+                k: mean_sd([e["genrec"][k] for e in evals])
                 for k in ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr", "coverage@10", "invalid_rate")
             }
             rows.append(
@@ -154,7 +147,7 @@ def collect(dataset: str, seeds: list[int]) -> None:
                     "user_sample": "all",
                     "seeds": seeds,
                     "metrics": metrics,
-                    "minutes": _mean_sd(minutes) if variant != "sft" else None,
+                    "minutes": mean_sd(minutes) if variant != "sft" else None,
                     "commit": ", ".join(
                         sorted({e["commit"][:12] + ("-dirty" if e["commit"].endswith("-dirty") else "") for e in evals})
                     ),
@@ -180,11 +173,7 @@ def collect(dataset: str, seeds: list[int]) -> None:
                     "runs": [],
                 }
             )
-    keep = [json.loads(x) for x in RESULTS.read_text().splitlines() if x.strip()]
-    ours = {(r["dataset"], r["system"], r["protocol"]) for r in rows}
-    keep = [r for r in keep if (r["dataset"], r["system"], r["protocol"]) not in ours]
-    RESULTS.write_text("".join(json.dumps(r) + "\n" for r in keep + rows))
-    subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py")], cwd=ROOT, check=True)
+    merge_rows(rows, RESULTS)
     for r in rows:
         m = r["metrics"]
         print(f"{r['system'][:60]:60s} {r['protocol']:20s} N@10 {m['ndcg@10']} R@10 {m['recall@10']}")

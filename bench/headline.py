@@ -29,13 +29,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality import mean_sd, merge_rows  # noqa: E402
 from serving import _cpu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,13 +141,6 @@ def bar(dataset: str, seeds: list[int]) -> None:
                 _call(args, log, "python " + " ".join(args))
 
 
-def _mean_sd(values: list[float]) -> dict:
-    return {
-        "mean": round(statistics.mean(values), 4),
-        "sd": round(statistics.stdev(values), 4) if len(values) > 1 else None,
-    }
-
-
 def _commit(evals: list[dict]) -> str | None:
     commits = {e.get("commit") for e in evals if e.get("commit")}
     return ", ".join(sorted(c[:12] + ("-dirty" if c.endswith("-dirty") else "") for c in commits)) or None
@@ -220,8 +213,8 @@ def collect(dataset: str, seeds: list[int], bar_seeds: list[int]) -> None:
                     "users": evals[0]["users"],
                     "user_sample": "all",
                     "seeds": [] if who == "popularity" else bar_seeds if who == "bar" else seeds,
-                    "metrics": {k: _mean_sd([e[k] for e in evals]) for k in METRICS if k in evals[0]},
-                    "minutes": _mean_sd(minutes) if minutes else None,
+                    "metrics": {k: mean_sd([e[k] for e in evals]) for k in METRICS if k in evals[0]},
+                    "minutes": mean_sd(minutes) if minutes else None,
                     "commit": _commit(evals),
                     "cpu": _cpu(),
                     "config": described,
@@ -249,12 +242,7 @@ def collect(dataset: str, seeds: list[int], bar_seeds: list[int]) -> None:
                     "runs": [],
                 }
             )
-    keep = [json.loads(x) for x in RESULTS.read_text().splitlines() if x.strip()]
-    key = ("dataset", "system", "protocol", "user_sample")
-    ours = {tuple(r[k] for k in key) for r in rows}
-    keep = [r for r in keep if tuple(r[k] for k in key) not in ours]
-    RESULTS.write_text("".join(json.dumps(r) + "\n" for r in keep + rows))
-    subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py")], cwd=ROOT, check=True)
+    merge_rows(rows, RESULTS)
     for r in rows:
         m = r["metrics"]
         print(f"{r['system'][:70]:70s} {r['protocol']:20s} N@10 {m['ndcg@10']} R@10 {m['recall@10']}")

@@ -25,13 +25,13 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality import mean_sd, merge_rows  # noqa: E402
 from serving import _cpu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,13 +125,6 @@ def run(dataset: str, seeds: list[int], members: int, variants: list[str]) -> No
                 _score_teachers(vd)
 
 
-def _mean_sd(values: list[float]) -> dict:
-    return {
-        "mean": round(statistics.mean(values), 4),
-        "sd": round(statistics.stdev(values), 4) if len(values) > 1 else None,
-    }
-
-
 def _commit(evals: list[dict]) -> str:
     return ", ".join(sorted({e["commit"][:12] + ("-dirty" if e["commit"].endswith("-dirty") else "") for e in evals}))
 
@@ -182,8 +175,8 @@ def collect(dataset: str, seeds: list[int], members: int, variants: list[str]) -
                     "users": json.loads((vd / "eval" / name).read_text())["users"],
                     "user_sample": "all",
                     "seeds": seeds,
-                    "metrics": {k: _mean_sd([e[k] for e in evals]) for k in METRICS if k in evals[0]},
-                    "minutes": _mean_sd(minutes) if minutes else None,
+                    "metrics": {k: mean_sd([e[k] for e in evals]) for k in METRICS if k in evals[0]},
+                    "minutes": mean_sd(minutes) if minutes else None,
                     "commit": _commit(evals),
                     "cpu": _cpu(),
                     "config": f"{CONFIGS[dataset]} (seed, sasrec.seed = S)"
@@ -202,11 +195,7 @@ def collect(dataset: str, seeds: list[int], members: int, variants: list[str]) -
                     "runs": [],
                 }
             )
-    keep = [json.loads(x) for x in RESULTS.read_text().splitlines() if x.strip()]
-    ours = {(r["dataset"], r["system"], r["protocol"]) for r in rows}
-    keep = [r for r in keep if (r["dataset"], r["system"], r["protocol"]) not in ours]
-    RESULTS.write_text("".join(json.dumps(r) + "\n" for r in keep + rows))
-    subprocess.run([sys.executable, str(ROOT / "bench" / "quality.py")], cwd=ROOT, check=True)
+    merge_rows(rows, RESULTS)
     for r in rows:
         m = r["metrics"]
         print(f"{r['system'][:70]:70s} {r['protocol']:20s} N@10 {m['ndcg@10']} R@10 {m['recall@10']}")

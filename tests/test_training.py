@@ -197,9 +197,9 @@ def _teacher_by_hand(teacher, items: list[int], j: int, level: int, codes: np.nd
 
     with torch.no_grad():  # an ensemble's distribution is its members' mean
         p = 0
-        for rec in teacher.recs:
+        for rec in teacher.ensemble.members:
             h = rec.model(_left_pad([[i + 1 for i in items[:-1]]], 50))[0, j - 1]  # state after items[j-1]
-            p = p + torch.softmax(rec.model.logits(h), -1).numpy() / len(teacher.recs)
+            p = p + torch.softmax(rec.model.logits(h), -1).numpy() / len(teacher.ensemble.members)
     if teacher.mask_seen:  # the items shown before items[j] get nothing, the rest renormalised
         p[[i for i in items[:j] if i != items[j]]] = 0.0
         p = p / p.sum()
@@ -225,7 +225,7 @@ def test_distillation_targets_are_the_teachers_code_mass(demo_run, demo_teacher,
     ]
     t = Trainer(_cfg(run, *over), progress=False)
     t.setup()
-    assert len(t.teacher.recs) == teacher_seeds
+    assert len(t.teacher.ensemble.members) == teacher_seeds
     if teacher_seeds > 1:  # the extra seed is saved in the run and reused by the next trainer
         member = run / "teachers" / "sasrec-seed1" / "sasrec.json"
         assert member.is_file()

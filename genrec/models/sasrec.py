@@ -319,6 +319,7 @@ class SASRecEnsemble:
         self.members = list(members)
         self.catalog = catalog
         self.n_items = members[0].n_items
+        self.max_len = min(m.config.max_len for m in members)  # what every member can read
 
     @classmethod
     def load(cls, folders: Sequence[str | Path], catalog=None) -> "SASRecEnsemble":
@@ -326,10 +327,20 @@ class SASRecEnsemble:
         return cls([SASRecRecommender.load(f) for f in folders], catalog)
 
     @torch.no_grad()
+    def item_probs(
+        self, seq: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """The members' mean item softmax at ``seq[rows, pos]`` (left-padded model indices, catalog row + 1)."""
+        total = 0
+        for m in self.members:
+            total = total + torch.softmax(m.model.logits(m.model(seq)[rows, pos]).float() / temperature, dim=-1)
+        return total / len(self.members)
+
     def scores(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
         """(users, n_items) log mean probability of every catalog row after each history."""
-        probs = sum(torch.softmax(m.scores(histories).float(), -1) for m in self.members) / len(self.members)
-        return probs.clamp_min(1e-30).log()
+        seq = _left_pad([[i + 1 for i in h] for h in histories], self.max_len)
+        newest = torch.full((len(seq),), seq.shape[1] - 1)
+        return self.item_probs(seq, torch.arange(len(seq)), newest).clamp_min(1e-30).log()
 
     def recommend(
         self,

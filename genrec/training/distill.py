@@ -92,21 +92,20 @@ class SASRecTeacher:
         temperature: float = 1.0,
         mask_seen: bool = False,
     ):
-        from genrec.models.sasrec import SASRecRecommender
+        from genrec.models.sasrec import SASRecEnsemble
 
         if temperature <= 0:
             raise InputError(f"train.distill_temperature is {temperature}", "use a positive value such as 1.0")
         folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
-        self.recs = [SASRecRecommender.load(f) for f in folders]
-        for folder, rec in zip(folders, self.recs):
-            if rec.n_items != len(catalog):
-                raise InputError(
-                    f"the SASRec in {folder} scores {rec.n_items} items, the catalog has {len(catalog)}",
-                    "distill from a SASRec trained on this run's prepared data",
-                )
-            for p in rec.model.parameters():
-                p.requires_grad_(False)
-        self.max_len = min(rec.config.max_len for rec in self.recs)
+        self.ensemble = SASRecEnsemble.load(folders)
+        if self.ensemble.n_items != len(catalog):
+            raise InputError(
+                f"the SASRec in {folders[0]} scores {self.ensemble.n_items} items, the catalog has {len(catalog)}",
+                "distill from a SASRec trained on this run's prepared data",
+            )
+        for rec in self.ensemble.members:
+            rec.model.requires_grad_(False)
+        self.max_len = self.ensemble.max_len
         self.mask_seen = mask_seen
         self.temperature = temperature
         self.depth = catalog.depth
@@ -165,15 +164,6 @@ class SASRecTeacher:
                 out.extend((start + level, j, level) for level in range(self.depth))
         return out
 
-    def item_probs(self, seq: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """The teacher's item distribution at ``seq[rows, pos]``: the mean over the ensemble's members."""
-        probs = None
-        for rec in self.recs:
-            model = rec.model.eval()
-            p = torch.softmax(model.logits(model(seq)[rows, pos]).float() / self.temperature, dim=-1)
-            probs = p if probs is None else probs + p
-        return probs / len(self.recs)
-
     # -- targets -------------------------------------------------------------------------------
     @torch.no_grad()
     def targets(
@@ -206,7 +196,7 @@ class SASRecTeacher:
                 "a history is longer than the teacher's max_len",
                 "distill from a SASRec with sasrec.max_len >= data.max_history",
             )
-        probs = self.item_probs(seq, rows, pos)
+        probs = self.ensemble.item_probs(seq, rows, pos, self.temperature)
         target = torch.tensor([items[r][j] for r, j in pairs])
         if self.mask_seen:
             # the items shown before item j get no teacher mass, except item j itself (a repeat)
