@@ -56,7 +56,7 @@ DATASETS = {
 }
 PROTOCOLS = (("test.json", "seen items kept", False), ("test_xseen.json", "seen items excluded", True))
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr", "coverage@10", "invalid_rate")
-RECIPE = "genrec 4x128, SASRec-CE IDs + distillation, plain teacher (the Beauty recipe before distill_mask_seen)"
+RECIPE = "genrec 4x128, SASRec-CE IDs + distillation, seen-masked teacher (the recipe)"
 
 
 def _run_dir(dataset: str, seed: int) -> Path:
@@ -230,8 +230,6 @@ def collect(dataset: str, seeds: list[int], bar_seeds: list[int]) -> None:
                     "notes": (
                         [
                             "minutes: training only (genrec train's clock; tokenize's SASRec fit not included).",
-                            "Run before train.distill_mask_seen joined configs/beauty-scratch.yaml: the commands "
-                            "below state every setting it ran with (the teacher unmasked).",
                         ]
                         if who == "genrec"
                         else ["minutes: the SASRec fit."]
