@@ -350,7 +350,9 @@ def markdown(rows: list[dict], plot_path: str | None = "../bench/results/quality
         "## Where genrec stands",
         "",
         "The headline rows (every test user, mean ± sd over the seeds listed), each against the "
-        "SASRec-CE row of its dataset and protocol (the bar; `/ bar` is the row's share of it):",
+        "SASRec-CE row of its dataset and protocol (the bar; `/ bar` is the row's share of it), and the "
+        "training minutes each took on the row's CPU at one thread (`train min`; genrec's include fitting "
+        "its SASRec teacher, so quality per training minute can be read against the bar's):",
         "",
         *headline(rows),
         "",
@@ -396,7 +398,18 @@ def headline(rows: list[dict]) -> list[str]:
     datasets = list(dict.fromkeys(r["dataset"] for r in picked))
     # by dataset and protocol; genrec first, then the measured baselines, then published numbers
     picked.sort(key=lambda r: (datasets.index(r["dataset"]), PROTOCOLS.index(r["protocol"]), -_kind(r), r["n"]))
-    head = ["dataset", "protocol", "system", "test users", "R@10", "N@10", "R@10 / bar", "N@10 / bar", "seeds"]
+    head = [
+        "dataset",
+        "protocol",
+        "system",
+        "test users",
+        "R@10",
+        "N@10",
+        "R@10 / bar",
+        "N@10 / bar",
+        "train min",
+        "seeds",
+    ]
     out = ["| " + " | ".join(head) + " |", "|---|---|---|---|" + "---:|" * (len(head) - 4)]
     for r in picked:
         bar = _bar(rows, r["dataset"], r["protocol"])
@@ -415,6 +428,7 @@ def headline(rows: list[dict]) -> list[str]:
                     fmt_metric(r["metrics"].get("recall@10")),
                     fmt_metric(r["metrics"].get("ndcg@10")),
                     *shares,
+                    fmt_minutes(r["minutes"]),
                     ",".join(map(str, r["seeds"])) or "-",
                 ]
             )

@@ -76,6 +76,11 @@ def test_save_load_round_trip(fitted, valid_rows, tmp_path):
     again = SASRecRecommender.load(tmp_path / "m")
     assert again.recommend(valid_rows[0], k=10) == fitted.recommend(valid_rows[0], k=10)
     assert again.config == fitted.config and again.n_items == fitted.n_items
+    # the learning curve travels with the model: one validation per epoch, minutes increasing
+    assert [h["epoch"] for h in again.valid_history] == [1, 2]
+    assert again.valid_history == fitted.valid_history
+    assert 0 <= again.valid_history[0]["minutes"] <= again.valid_history[1]["minutes"]
+    assert max(h["ndcg@10"] for h in again.valid_history) == pytest.approx(fitted.best_valid_ndcg, abs=1e-5)
     with pytest.raises(GenrecError):
         SASRecRecommender.load(tmp_path / "nothing")
 

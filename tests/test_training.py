@@ -544,6 +544,7 @@ def test_scratch_model_learns_the_demo_set(demo_run, tmp_path):
     n_items = len(load_catalog(run))
     assert recall > 5 * 10 / n_items, state.evals
     assert state.evals[-1]["invalid_rate"] == 0
+    assert state.evals[-1]["step"] == 150 and 0 < state.evals[-1]["minutes"] <= state.minutes
 
     # on the trained model, in fp32, our decoder ranks like generate + prefix_allowed_tokens_fn
     rec = GenerativeRecommender.from_folder(run / "model")

@@ -134,6 +134,9 @@ class SASRecRecommender:
         self.best_valid_ndcg = 0.0
         self.train_seconds = 0.0
         self.epochs_run = 0
+        #: one entry per validation: epoch, minutes of training so far, validation NDCG@10 (the
+        #: learning curve, so quality per training minute can be set beside genrec's)
+        self.valid_history: list[dict] = []
         #: the folder :meth:`load` read the model from (None for a model fitted here)
         self.loaded_from: Path | None = None
 
@@ -169,6 +172,7 @@ class SASRecRecommender:
             cfg.patience,
         )
         best_state, bad, ndcg = None, 0, float("nan")
+        self.valid_history = []
         t0 = time.perf_counter()
         bar = tqdm(total=cfg.epochs * n_batches, desc="sasrec", unit="batch", disable=not progress)
         for epoch in range(1, cfg.epochs + 1):
@@ -176,6 +180,8 @@ class SASRecRecommender:
             if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
                 ranked = ranked_indices(self.recommend(v_hist, k=10))
                 ndcg = evaluate_rankings(ranked, v_targets, self.n_items, ks=(10,))["ndcg@10"]
+                minutes = round((time.perf_counter() - t0) / 60, 2)
+                self.valid_history.append({"epoch": epoch, "minutes": minutes, "ndcg@10": round(ndcg, 5)})
                 if best_state is None or ndcg > self.best_valid_ndcg:
                     best_state = copy.deepcopy(self.model.state_dict())
                     self.best_epoch, self.best_valid_ndcg, bad = epoch, ndcg, 0
@@ -282,6 +288,7 @@ class SASRecRecommender:
             "best_valid_ndcg@10": self.best_valid_ndcg,
             "epochs_run": self.epochs_run,
             "train_seconds": self.train_seconds,
+            "valid_history": self.valid_history,
         }
         (out / _META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
@@ -297,6 +304,7 @@ class SASRecRecommender:
         rec.best_valid_ndcg = float(meta.get("best_valid_ndcg@10", 0.0))
         rec.train_seconds = float(meta.get("train_seconds", 0.0))
         rec.epochs_run = int(meta.get("epochs_run", rec.best_epoch))
+        rec.valid_history = list(meta.get("valid_history", []))
         rec.loaded_from = folder
         rec.model = SASRec(rec.n_items, rec.config)
         rec.model.load_state_dict(torch.load(folder / _WEIGHTS, map_location="cpu", weights_only=True))

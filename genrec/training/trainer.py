@@ -322,6 +322,7 @@ class Trainer:
         """Validate, keep the best weights; True when early stopping says stop."""
         metrics = broadcast(self.evaluate() if self.rank == 0 else None)
         metrics["step"] = state.step
+        metrics["minutes"] = round(state.minutes, 2)  # quality per training minute, beside SASRec's curve
         state.evals.append(metrics)
         for cb in callbacks:
             cb.on_evaluate(self, state, metrics)
