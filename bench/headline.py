@@ -20,8 +20,8 @@ that seed 0's `tokenize` fitted is that same model when early stopping ended it 
 (same seed, data and settings; the cap only bounds the loop), so it is reused.
 
 ``collect`` averages the seeds into rows of bench/results/results.jsonl (marked headline) and
-regenerates docs/results.md with bench/quality.py. A stage already done is skipped, so ``run``
-resumes.
+regenerates docs/results.md with bench/quality.py; ``--systems`` rewrites only some of the rows
+(the others stay as they are). A stage already done is skipped, so ``run`` resumes.
 """
 
 from __future__ import annotations
@@ -156,11 +156,14 @@ def _commands(log: Path) -> list[str]:
     return [line[2:] for line in log.read_text().splitlines() if line.startswith("$ ")]
 
 
-def collect(dataset: str, seeds: list[int], bar_seeds: list[int]) -> None:
+WHO = ("genrec", "teacher", "bar", "popularity")
+
+
+def collect(dataset: str, seeds: list[int], bar_seeds: list[int], systems: tuple[str, ...] = WHO) -> None:
     name, overrides = DATASETS[dataset]
     described = CONFIG + (" with " + " ".join(overrides) if overrides else "") + " (seed, sasrec.seed = S)"
     rows = []
-    for who in ("genrec", "teacher", "bar", "popularity"):
+    for who in systems:
         for file, protocol, exclude in PROTOCOLS:
             evals, notes, minutes = [], [], []
             rd0 = _run_dir(dataset, seeds[0])
@@ -268,9 +271,12 @@ def main() -> None:
         a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
         if verb == "collect":
             a.add_argument("--bar-seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds `bar` fitted")
+            a.add_argument(
+                "--systems", nargs="+", choices=WHO, default=list(WHO), help="the rows to (re)write; others are kept"
+            )
     args = ap.parse_args()
     if args.what == "collect":
-        collect(args.dataset, args.seeds, args.bar_seeds)
+        collect(args.dataset, args.seeds, args.bar_seeds, tuple(args.systems))
     else:
         {"run": run, "bar": bar}[args.what](args.dataset, args.seeds)
 
