@@ -9,9 +9,7 @@ the `genrec` CLI (seed = sasrec.seed = S): `data prepare`, `tokenize` (fits SASR
 cuts the semantic IDs from its item table), `train` (distilled from that SASRec), then
 `evaluate` under both protocols. The teacher (SASRec-CE seed S, as `tokenize` fitted it) and
 popularity are scored on the same users with the same evaluator. Other datasets run the same
-config with only their data section (and run folder) replaced; a dataset's ``budget`` entry below
-is the one other override, the training time (train.max_minutes, which the learning rate
-schedule follows).
+config with only their data section (and run folder) replaced.
 
 ``bar`` fits the bar, SASRec-CE trained to convergence (the config's sasrec section with a
 200-epoch cap: early stopping on every validation user ends it), one model per seed on seed
@@ -41,7 +39,7 @@ from serving import _cpu  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "results.jsonl"
 CONFIG = "configs/beauty-scratch.yaml"
-#: dataset -> (results name, overrides of the config: its data section, and a time budget)
+#: dataset -> (results name, overrides of the config: its data section)
 DATASETS = {
     "beauty": ("Beauty", []),
     "scientific": (
@@ -50,7 +48,6 @@ DATASETS = {
             "data.format=lcrec",
             "data.path=../../shared/data/amazon-scientific-2018",
             "data.name=Scientific",
-            "train.max_minutes=40",
         ],
     ),
 }
@@ -159,8 +156,20 @@ def _commands(log: Path) -> list[str]:
 WHO = ("genrec", "teacher", "bar", "popularity")
 
 
-def collect(dataset: str, seeds: list[int], bar_seeds: list[int], systems: tuple[str, ...] = WHO) -> None:
-    name, overrides = DATASETS[dataset]
+def collect(
+    dataset: str,
+    seeds: list[int],
+    bar_seeds: list[int],
+    systems: tuple[str, ...] = WHO,
+    recipe: str = RECIPE,
+    overrides: list[str] | None = None,
+    note: str | None = None,
+) -> None:
+    """Rows of ``systems`` from the runs; ``recipe`` names the genrec row, ``overrides`` replaces the
+    dataset's config overrides in its description (a run made with an earlier recipe says so), and
+    ``note`` is added to the genrec row's notes."""
+    name, data_overrides = DATASETS[dataset]
+    overrides = data_overrides if overrides is None else overrides
     described = CONFIG + (" with " + " ".join(overrides) if overrides else "") + " (seed, sasrec.seed = S)"
     rows = []
     for who in systems:
@@ -215,7 +224,7 @@ def collect(dataset: str, seeds: list[int], bar_seeds: list[int], systems: tuple
             if who == "popularity":
                 evals, minutes = evals[:1], minutes[:1]  # deterministic: one row, whatever the seeds
             system = {
-                "genrec": RECIPE,
+                "genrec": recipe,
                 "teacher": "SASRec-CE, the recipe's teacher (fitted inside genrec tokenize)",
                 "bar": f"SASRec-CE, converged (early stopping, {BAR_EPOCHS}-epoch cap)",
                 "popularity": "popularity",
@@ -246,6 +255,7 @@ def collect(dataset: str, seeds: list[int], bar_seeds: list[int], systems: tuple
                         [
                             "minutes: tokenize's SASRec teacher fit + genrec train's clock (not data preparation, "
                             "the k-means cut or evaluation).",
+                            *([note] if note else []),
                         ]
                         if who == "genrec"
                         else ["minutes: the SASRec fit."]
@@ -274,9 +284,12 @@ def main() -> None:
             a.add_argument(
                 "--systems", nargs="+", choices=WHO, default=list(WHO), help="the rows to (re)write; others are kept"
             )
+            a.add_argument("--recipe", default=RECIPE, help="the genrec row's name")
+            a.add_argument("--overrides", nargs="*", help="the config overrides the runs were made with")
+            a.add_argument("--note", help="a note for the genrec row")
     args = ap.parse_args()
     if args.what == "collect":
-        collect(args.dataset, args.seeds, args.bar_seeds, tuple(args.systems))
+        collect(args.dataset, args.seeds, args.bar_seeds, tuple(args.systems), args.recipe, args.overrides, args.note)
     else:
         {"run": run, "bar": bar}[args.what](args.dataset, args.seeds)
 
