@@ -327,7 +327,9 @@ def test_killed_run_resumes_to_the_same_result(demo_run, tmp_path):
     wb = AutoModelForCausalLM.from_pretrained(b / "model").state_dict()
     for name in wa:
         assert torch.equal(wa[name], wb[name]), name
-    assert state_a.evals == state_b.evals
+    # the same metrics at the same steps (the minute each was reached is the wall clock's, not the model's)
+    for ea, eb in zip(state_a.evals, state_b.evals, strict=True):
+        assert {**ea, "minutes": None} == {**eb, "minutes": None}
 
     # a different config cannot silently resume someone else's checkpoint
     c = copy_prepared(demo_run, tmp_path / "c")
@@ -544,7 +546,7 @@ def test_scratch_model_learns_the_demo_set(demo_run, tmp_path):
     n_items = len(load_catalog(run))
     assert recall > 5 * 10 / n_items, state.evals
     assert state.evals[-1]["invalid_rate"] == 0
-    assert state.evals[-1]["step"] == 150 and 0 < state.evals[-1]["minutes"] <= state.minutes
+    assert state.evals[-1]["step"] == 150 and 0 < state.evals[-1]["minutes"] <= state.minutes + 0.01  # rounded
 
     # on the trained model, in fp32, our decoder ranks like generate + prefix_allowed_tokens_fn
     rec = GenerativeRecommender.from_folder(run / "model")
