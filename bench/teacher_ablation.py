@@ -11,7 +11,10 @@ those same IDs with the dataset's config, differing only in their teacher:
 * ``single``: the config as it is (``train.teacher_seeds=1``, the SASRec that cut the IDs);
 * ``ensemble``: ``train.teacher_seeds=M`` (``--members``): that SASRec and M-1 more seeds, averaged;
 * ``masked``: ``train.distill_mask_seen=true``: the single teacher with the items already shown
-  given no mass, i.e. the teacher as it ranks with seen items excluded.
+  given no mass, i.e. the teacher as it ranks with seen items excluded;
+* ``item-rows`` (not run by default): ``masked`` plus ``train.item_tokens=true
+  train.item_token_rows=teacher``: the student also reads each history item through the
+  teacher's own item vector (frozen), not only through its shared codes.
 
 Each student is evaluated on every test user under both protocols, and so are the teachers
 themselves (SASRec seed S alone, and the M-seed ensemble), with the one evaluator. ``collect``
@@ -76,6 +79,7 @@ def _variants(members: int) -> dict[str, list[str]]:
         "single": [],
         "ensemble": [f"train.teacher_seeds={members}"],
         "masked": ["train.distill_mask_seen=true"],
+        "item-rows": ["train.distill_mask_seen=true", "train.item_tokens=true", "train.item_token_rows=teacher"],
     }
 
 
@@ -121,7 +125,7 @@ def run(dataset: str, seeds: list[int], members: int, variants: list[str]) -> No
                     (vd / "train_minutes.txt").write_text(f"{minutes:.2f}\n")
                 for flag in ("--no-exclude-seen", "--exclude-seen"):
                     _call(_genrec("evaluate", str(vd.relative_to(ROOT)), flag), log)
-            if variant != "masked":  # its teacher is the single one, scored under both protocols already
+            if variant not in ("masked", "item-rows"):  # their teacher is the single one, scored already
                 _score_teachers(vd)
 
 
@@ -143,6 +147,8 @@ def collect(dataset: str, seeds: list[int], members: int, variants: list[str]) -
         ("single", "genrec"): "genrec, teacher: the SASRec that cut the IDs (distill_mask_seen off)",
         ("ensemble", "genrec"): f"genrec, teacher = ensemble of {members} SASRec seeds (train.teacher_seeds={members})",
         ("masked", "genrec"): "genrec, teacher with seen items masked (train.distill_mask_seen, the make demo recipe)",
+        ("item-rows", "genrec"): "genrec, masked teacher + frozen item rows from its item table "
+        "(train.item_token_rows=teacher)",
         ("single", "teacher"): "SASRec-CE (the single teacher)",
         ("ensemble", "teacher"): f"SASRec-CE, ensemble of {members} seeds (the ensemble teacher)",
     }
@@ -198,10 +204,14 @@ def collect(dataset: str, seeds: list[int], members: int, variants: list[str]) -
                             else "minutes: the SASRec fits of the teacher's members"
                         ]
                     )
-                    + [
-                        "-dirty: bench scripts, configs and docs were being edited while these runs went; "
-                        "genrec/ was as committed"
-                    ]
+                    + (
+                        [
+                            "-dirty: bench scripts, configs and docs were being edited while these runs went; "
+                            "genrec/ was as committed"
+                        ]
+                        if any(e["commit"].endswith("-dirty") for e in evals)
+                        else []
+                    )
                     + notes,
                     "runs": [],
                 }

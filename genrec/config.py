@@ -314,6 +314,17 @@ class TrainConfig(_Section):
         "row per item (trained with LoRA too); answers stay IDs. Items added to "
         "the catalog later are shown by ID alone.",
     )
+    item_token_rows: Literal["codes", "teacher"] = _f(
+        "codes",
+        "Where the item tokens' rows come from (with item_tokens). `codes`: "
+        "each starts as the mean of its item's code rows and is learned. "
+        "`teacher`: the SASRec teacher's item vectors (distill_from, else "
+        "RUN/tokenize/collab_sasrec), lifted to the model width by a fixed "
+        "random orthogonal map and frozen (no gradient): the model reads each "
+        "item apart from the items sharing its codes, as SASRec does, with no "
+        "free row per item to memorise training windows with (a hybrid item "
+        "representation, as LLaRA and CoLLM feed collaborative vectors to an LM).",
+    )
     next_item_examples: Literal["prefixes", "windows"] = _f(
         "prefixes",
         "How next_item examples are cut from a user's training "

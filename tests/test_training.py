@@ -18,7 +18,7 @@ from genrec.errors import GenrecError, InputError
 from genrec.decoding.beam_search import constrained_beam_search, generate_reference, left_pad
 from genrec.decoding.hf import GenerativeRecommender
 from genrec.tokenization.stage import load_catalog
-from genrec.tokenization.vocab import add_item_tokens, add_semantic_id_tokens
+from genrec.tokenization.vocab import add_item_tokens, add_semantic_id_tokens, lift_item_vectors
 from genrec.prompts import IGNORE_INDEX, PromptFormatter
 from genrec.training.examples import training_examples
 from genrec.training.setup import build_model
@@ -418,6 +418,46 @@ def test_item_tokens_train_with_lora_and_serve(demo_run, tmp_path):
     assert rec.formatter.next_item_prompt([0, 1, 2]) == trainer.formatter.next_item_prompt([0, 1, 2])
     out = rec.recommend([[0, 1, 2]], k=5, num_beams=10)
     assert len(out[0]) == 5 and all(r.item_id in catalog for r in out[0])
+
+
+def test_lift_keeps_angles_and_reaches_any_width():
+    vectors = torch.randn(50, 16)
+    up, down = lift_item_vectors(vectors, 64, seed=3), lift_item_vectors(vectors, 8, seed=3)
+    assert up.shape == (50, 64) and down.shape == (50, 8)
+    assert torch.allclose(up @ up.T, vectors @ vectors.T, atol=1e-4)  # an isometry up to the model width
+    assert torch.equal(up, lift_item_vectors(vectors, 64, seed=3))  # fixed for a seed
+
+
+def test_item_token_rows_from_the_teacher_stay_frozen(demo_run, tmp_path):
+    from genrec.models.sasrec import SASRecConfig, SASRecRecommender
+
+    run = copy_prepared(demo_run, tmp_path / "teacher-items")
+    teacher = SASRecRecommender(SASRecConfig(hidden=32, layers=1, max_len=8, epochs=1, eval_users=50, num_threads=1))
+    teacher.fit(PreparedDataset.load(run / "data"), progress=False).save(tmp_path / "sasrec")
+    sets = ["train.item_tokens=true", "train.item_token_rows=teacher", f"train.distill_from={tmp_path / 'sasrec'}"]
+    cfg = _cfg(run, *sets, "train.max_steps=3", "train.lr=0.01")
+    trainer = Trainer(cfg, progress=False)
+    trainer.setup()
+    catalog, tok = trainer.catalog, trainer.tokenizer
+    item_ids = tok.convert_tokens_to_ids(catalog.item_tokens())
+    w0 = trainer.model.get_input_embeddings().weight.detach().clone()
+    lifted = lift_item_vectors(teacher.model.item_emb.weight[1:].detach(), w0.shape[1], cfg.seed)
+    # each item row is the teacher's item vector, lifted to the model width (at the usual row norm)
+    assert torch.nn.functional.cosine_similarity(w0[item_ids], lifted).min() > 0.999
+    trainer.train()
+    w1 = AutoModelForCausalLM.from_pretrained(run / "model").get_input_embeddings().weight.detach()
+    assert torch.equal(w1[item_ids], w0[item_ids])  # frozen
+    codes = sorted(set(catalog.token_ids(tok)[:, 0].tolist()))
+    assert not torch.allclose(w1[codes], w0[codes])  # while the code rows learn
+    rec = GenerativeRecommender.from_folder(run / "model")
+    assert rec.formatter.item_tokens and len(rec.recommend([[0, 1, 2]], k=5, num_beams=10)[0]) == 5
+
+    with pytest.raises(InputError, match="item_tokens is off"):
+        Trainer(_cfg(run, *sets[1:], "train.max_steps=3"), progress=False)
+    with pytest.raises(InputError, match="weight_decay"):
+        Trainer(_cfg(run, *sets, "train.weight_decay=0.1"), progress=False)
+    with pytest.raises(InputError, match="holds none"):
+        Trainer(_cfg(run, *sets[:2], f"train.distill_from={tmp_path}"), progress=False)
 
 
 @pytest.mark.parametrize("finetune", ["full", "lora"])

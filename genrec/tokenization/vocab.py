@@ -18,7 +18,8 @@ With ``item_tokens=True`` every item also gets an input-only token (``<item_ID>`
 spelled by the catalog) that prompts show after the item's ID in a history, so the
 model has one row per item to read, as SASRec's item embedding is, besides the
 shared code rows. Its row starts as the mean of the item's code rows (same norm
-scaling), i.e. it first reads like the ID it sits next to.
+scaling), i.e. it first reads like the ID it sits next to, or, given item vectors
+(a SASRec teacher's item table), as those vectors lifted to the model width.
 """
 
 from __future__ import annotations
@@ -60,12 +61,18 @@ def resize_model_for_catalog(
     max_text_tokens: int = 32,
     seed: int = 0,
     item_tokens: bool = False,
+    item_vectors: torch.Tensor | None = None,
 ) -> list[int]:
     """Add the code tokens (and with ``item_tokens`` the item tokens) to ``tokenizer`` and grow
     ``model``'s embeddings to match.
 
-    Returns the ids of the code tokens (item token ids: ``add_item_tokens``, which is idempotent).
+    Item rows start as the mean of their item's code rows, or with ``item_vectors`` (one row per
+    catalog item, any width) as those vectors under a fixed random orthogonal map to the model
+    width (:func:`lift_item_vectors`). Returns the ids of the code tokens (item token ids:
+    ``add_item_tokens``, which is idempotent).
     """
+    if item_vectors is not None and len(item_vectors) != len(catalog):
+        raise ValueError(f"item_vectors has {len(item_vectors)} rows for {len(catalog)} catalog items")
     if init not in ("text", "mean"):
         raise ValueError(f"unknown embedding init {init!r}; use 'text' or 'mean'")
     token_ids = add_semantic_id_tokens(tokenizer, catalog)
@@ -97,10 +104,24 @@ def resize_model_for_catalog(
             w[new_ids] = rows.to(w.dtype)
         # item rows after the code rows they are averaged from
         if new_items:
-            items = w[item_code_rows].float().mean(1)  # (n, depth, dim) -> the mean of each item's code rows
+            if item_vectors is not None:
+                items = lift_item_vectors(item_vectors, w.shape[1], seed)[[row for row, _ in new_items]]
+            else:
+                items = w[item_code_rows].float().mean(1)  # (n, depth, dim) -> the mean of each item's code rows
             items = items / items.norm(dim=1, keepdim=True).clamp(min=1e-12) * target
             w[item_rows] = items.to(w.dtype)
     return token_ids
+
+
+def lift_item_vectors(vectors: torch.Tensor, width: int, seed: int = 0) -> torch.Tensor:
+    """``vectors`` (items x d) in ``width`` dimensions through a fixed random map with orthonormal
+    columns (rows): distances and angles between items are kept when d <= width, and the map
+    is the same for the same seed and shapes."""
+    vectors = torch.as_tensor(vectors, dtype=torch.float32)
+    d = vectors.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(max(d, width), min(d, width), generator=gen))  # orthonormal columns
+    return vectors @ (q.T if d <= width else q)
 
 
 def _code_text_means(

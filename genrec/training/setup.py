@@ -80,8 +80,12 @@ def add_dropout(model, p: float) -> None:
             layer.self_attn.attention_dropout = p  # read in forward only while training
 
 
-def build_model(cfg: GenrecConfig, catalog: Catalog):
-    """(tokenizer, model ready to train, code token ids) for the run's config."""
+def build_model(cfg: GenrecConfig, catalog: Catalog, item_vectors: torch.Tensor | None = None):
+    """(tokenizer, model ready to train, code token ids) for the run's config.
+
+    ``item_vectors`` (one row per catalog item; ``train.item_token_rows: teacher``) become the
+    item tokens' rows, frozen: :func:`freeze_rows`, or left out of LoRA's trainable rows.
+    """
     mcfg, tcfg = cfg.model, cfg.train
     tokenizer = load_tokenizer(mcfg.name)
     if mcfg.name == "scratch":
@@ -111,17 +115,34 @@ def build_model(cfg: GenrecConfig, catalog: Catalog):
         for k in ("temperature", "top_p", "top_k"):
             setattr(model.generation_config, k, None)
     code_ids = resize_model_for_catalog(
-        model, tokenizer, catalog, init=mcfg.embedding_init, seed=cfg.seed, item_tokens=tcfg.item_tokens
+        model,
+        tokenizer,
+        catalog,
+        init=mcfg.embedding_init,
+        seed=cfg.seed,
+        item_tokens=tcfg.item_tokens,
+        item_vectors=item_vectors if tcfg.item_tokens else None,
     )
+    item_ids = add_item_tokens(tokenizer, catalog) if tcfg.item_tokens else []  # already added: ids only
+    frozen = item_ids if item_vectors is not None else []
     if tcfg.finetune == "full":
         for p in model.parameters():
             p.requires_grad_(True)
+        freeze_rows(model.get_input_embeddings().weight, frozen)
     else:
-        item_ids = add_item_tokens(tokenizer, catalog) if tcfg.item_tokens else []  # already added: ids only
-        model = _add_lora(model, tcfg, list(code_ids) + list(item_ids))
+        model = _add_lora(model, tcfg, list(code_ids) + [t for t in item_ids if t not in set(frozen)])
     # hooks go on last: resizing and peft replace the embedding module they would sit on
     add_dropout(model, mcfg.dropout)
     return tokenizer, model, code_ids
+
+
+def freeze_rows(weight: torch.nn.Parameter, rows: list[int]) -> None:
+    """Give ``rows`` of an embedding matrix no gradient, so the optimizer leaves them as they are
+    (with zero gradients Adam's step is zero; ``train.weight_decay`` would still shrink them)."""
+    if not rows:
+        return
+    index = torch.tensor(sorted(rows), dtype=torch.long)
+    weight.register_hook(lambda grad: grad.index_fill(0, index.to(grad.device), 0.0))
 
 
 def _keep_first_layers(model, n: int) -> None:

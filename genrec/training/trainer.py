@@ -130,6 +130,7 @@ class Trainer:
         self.extra_callbacks = list(callbacks or [])
         # choices and ranges were checked when the config was loaded; what is left depends on files
         self.teacher_folder = self._teacher_folder()  # checked before minutes of setup, not after
+        self.item_vector_folder = self._item_vector_folder()
         self.dataset = PreparedDataset.load(self.run / "data")
         self.catalog: Catalog = load_catalog(cfg.run_dir)
         if len(self.catalog) != self.dataset.n_items:
@@ -146,7 +147,20 @@ class Trainer:
             torch.set_num_threads(self.tcfg.num_threads)  # process-wide: a training process does only this
         torch.manual_seed(self.cfg.seed)
         self.bf16 = use_bf16(self.tcfg.bf16)
-        self.tokenizer, self.model, self.code_ids = build_model(self.cfg, self.catalog)
+        item_vectors = None
+        if self.item_vector_folder is not None:
+            from genrec.models.sasrec import SASRecRecommender
+
+            sasrec = SASRecRecommender.load(self.item_vector_folder)
+            item_vectors = sasrec.model.item_emb.weight[1:].detach().float()  # row 0 is padding
+            if len(item_vectors) != len(self.catalog):
+                raise InputError(
+                    f"the SASRec in {self.item_vector_folder} knows {len(item_vectors)} items, the catalog "
+                    f"{len(self.catalog)}",
+                    "use a SASRec trained on this run's prepared data (RUN/tokenize/collab_sasrec)",
+                )
+            logger.info("item tokens: frozen rows from the SASRec item table in %s", self.item_vector_folder)
+        self.tokenizer, self.model, self.code_ids = build_model(self.cfg, self.catalog, item_vectors)
         self.code_id_tensor = torch.tensor(sorted(self.code_ids), dtype=torch.long)  # build_model's code rows
         self.formatter = PromptFormatter(
             self.tokenizer,
@@ -219,6 +233,31 @@ class Trainer:
             raise InputError(
                 "train.distill_weight is set but train.distill_from names no teacher, and this run's "
                 f"tokenize stage fitted no SASRec ({folder} is missing)",
+                "tokenize with tokenize.embedding.collab_method: sasrec, or set train.distill_from to a "
+                "saved SASRec folder (`genrec baseline sasrec` writes RUN/baselines/sasrec)",
+            )
+        return folder
+
+    def _item_vector_folder(self) -> Path | None:
+        """The SASRec whose item table becomes the item tokens' rows (train.item_token_rows: teacher)."""
+        if self.tcfg.item_token_rows != "teacher":
+            return None
+        if not self.tcfg.item_tokens:
+            raise InputError(
+                "train.item_token_rows=teacher sets the rows of item tokens, but train.item_tokens is off",
+                "set train.item_tokens=true, or leave item_token_rows at codes",
+            )
+        if self.tcfg.weight_decay > 0:
+            raise InputError(
+                "train.item_token_rows=teacher freezes the item rows, but train.weight_decay would still shrink them",
+                "set train.weight_decay=0, or use item_token_rows=codes",
+            )
+        folder = self.teacher_folder or (
+            Path(self.tcfg.distill_from) if self.tcfg.distill_from else self.run / "tokenize" / SASREC_DIR
+        )
+        if not (folder / "sasrec.json").is_file():
+            raise InputError(
+                f"train.item_token_rows=teacher needs a saved SASRec, and {folder} holds none",
                 "tokenize with tokenize.embedding.collab_method: sasrec, or set train.distill_from to a "
                 "saved SASRec folder (`genrec baseline sasrec` writes RUN/baselines/sasrec)",
             )
