@@ -1,7 +1,7 @@
 """Teacher ablation: what the distillation teacher gives the student, 3 seeds, all users, both protocols.
 
-    python bench/teacher_ablation.py run demo [--seeds 0 1 2] [--variants single ensemble masked]
-    python bench/teacher_ablation.py collect demo [--seeds 0 1 2] [--variants single ensemble masked]
+    python bench/teacher_ablation.py run demo [--seeds 0 1 2] [--variants single ensemble masked] [--steps N]
+    python bench/teacher_ablation.py collect demo [--seeds 0 1 2] [--variants single ensemble masked] [--steps N]
 
 For each seed S, runs/teacher-DATASET-sS holds the dataset's prepared data and semantic IDs
 (`genrec data prepare`, `genrec tokenize` with seed = sasrec.seed = S: the IDs are cut from
@@ -16,7 +16,10 @@ those same IDs with the dataset's config, differing only in their teacher:
   train.item_token_rows=teacher``: the student also reads each history item through the
   teacher's own item vector (frozen), not only through its shared codes.
 
-Each student is evaluated on every test user under both protocols, and so are the teachers
+``--steps N`` trains every student for N steps with no time budget (``train.max_steps=N
+train.max_minutes=0``) in folders and rows of their own: the config's time budget anneals the
+learning rate by the clock, so students trained while the machine is busy would differ by
+load, not by teacher. Each student is evaluated on every test user under both protocols, and so are the teachers
 themselves (SASRec seed S alone, and the M-seed ensemble), with the one evaluator. ``collect``
 averages the seeds into rows of bench/results/results.jsonl and regenerates docs/results.md
 with bench/quality.py.
@@ -106,8 +109,14 @@ def _score_teachers(vd: Path) -> None:
         atomic_write_json(out / name, {**result.to_dict(), "members": [str(f.relative_to(ROOT)) for f in folders]})
 
 
-def run(dataset: str, seeds: list[int], members: int, variants: list[str]) -> None:
+def _budget(steps: int) -> tuple[list[str], str]:
+    """The overrides of ``--steps`` and the suffix of its folders."""
+    return ([f"train.max_steps={steps}", "train.max_minutes=0"], f"-steps{steps}") if steps else ([], "")
+
+
+def run(dataset: str, seeds: list[int], members: int, variants: list[str], steps: int = 0) -> None:
     config = CONFIGS[dataset]
+    budget, suffix = _budget(steps)
     for seed in seeds:
         base = ROOT / "runs" / f"teacher-{dataset}-s{seed}"
         log = ROOT / "runs" / f"teacher-{dataset}-s{seed}.log"
@@ -115,8 +124,8 @@ def run(dataset: str, seeds: list[int], members: int, variants: list[str]) -> No
             for stage in (["data", "prepare"], ["tokenize"]):
                 _call(_genrec(*stage, config, *_sets(base, seed)), log)
         for variant in variants:
-            extra = _variants(members)[variant]
-            vd = base.parent / f"{base.name}-{variant}"
+            extra = _variants(members)[variant] + budget
+            vd = base.parent / f"{base.name}-{variant}{suffix}"
             if not (vd / "eval" / "test_xseen.json").is_file():
                 if not (vd / "model").is_dir():
                     shutil.rmtree(vd, ignore_errors=True)
@@ -138,10 +147,11 @@ def _commit(evals: list[dict]) -> str:
     return ", ".join(sorted({e["commit"][:12] + ("-dirty" if e["commit"].endswith("-dirty") else "") for e in evals}))
 
 
-def collect(dataset: str, seeds: list[int], members: int, variants: list[str]) -> None:
+def collect(dataset: str, seeds: list[int], members: int, variants: list[str], steps: int = 0) -> None:
+    budget, suffix = _budget(steps)
     command = (
         f"python bench/teacher_ablation.py run {dataset} --seeds {' '.join(map(str, seeds))} --members {members} "
-        f"--variants {' '.join(variants)}"
+        f"--variants {' '.join(variants)}" + (f" --steps {steps}" if steps else "")
     )
     systems = {
         ("single", "genrec"): "genrec, teacher: the SASRec that cut the IDs (distill_mask_seen off)",
@@ -152,13 +162,14 @@ def collect(dataset: str, seeds: list[int], members: int, variants: list[str]) -
         ("single", "teacher"): "SASRec-CE (the single teacher)",
         ("ensemble", "teacher"): f"SASRec-CE, ensemble of {members} seeds (the ensemble teacher)",
     }
-    systems = {key: name for key, name in systems.items() if key[0] in variants}
+    tag = f" ({steps} steps, no time budget)" if steps else ""
+    systems = {key: name + tag for key, name in systems.items() if key[0] in variants}
     rows = []
     for (variant, who), system in systems.items():
         for name, protocol, _ in PROTOCOLS:
             evals, notes, minutes = [], [], []
             for seed in seeds:
-                vd = ROOT / "runs" / f"teacher-{dataset}-s{seed}-{variant}"
+                vd = ROOT / "runs" / f"teacher-{dataset}-s{seed}-{variant}{suffix}"
                 if who == "genrec":
                     e = json.loads((vd / "eval" / name).read_text())
                     evals.append({**e["genrec"], "commit": e["commit"]})
@@ -192,7 +203,7 @@ def collect(dataset: str, seeds: list[int], members: int, variants: list[str]) -
                     "commit": _commit(evals),
                     "cpu": _cpu(),
                     "config": f"{CONFIGS[dataset]} (seed, sasrec.seed = S)"
-                    + "".join(f"; {x}" for x in _variants(members)[variant]),
+                    + "".join(f"; {x}" for x in _variants(members)[variant] + budget),
                     "command": command,
                     "published": False,
                     "headline": False,
@@ -231,8 +242,9 @@ def main() -> None:
         a.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
         a.add_argument("--members", type=int, default=3, help="SASRec seeds in the ensemble teacher")
         a.add_argument("--variants", nargs="+", default=["single", "ensemble", "masked"], choices=_variants(3))
+        a.add_argument("--steps", type=int, default=0, help="train N steps, no time budget (0: the config's)")
     args = ap.parse_args()
-    (run if args.what == "run" else collect)(args.dataset, args.seeds, args.members, args.variants)
+    (run if args.what == "run" else collect)(args.dataset, args.seeds, args.members, args.variants, args.steps)
 
 
 if __name__ == "__main__":
