@@ -3,6 +3,8 @@
     python bench/headline.py run beauty [--seeds 0 1 2]
     python bench/headline.py bar beauty [--seeds 0 1 2]
     python bench/headline.py collect beauty [--seeds 0 1 2]
+    python bench/headline.py run beauty --tag NAME --set KEY=VALUE ... [--seeds 0 1 2]
+    python bench/headline.py collect beauty --tag NAME --set KEY=VALUE ... --recipe "ROW NAME"
 
 For each seed S, runs/headline-DATASET-sS is the recipe of configs/beauty-scratch.yaml run with
 the `genrec` CLI (seed = sasrec.seed = S): `data prepare`, `tokenize` (fits SASRec-CE seed S and
@@ -20,6 +22,11 @@ that seed 0's `tokenize` fitted is that same model when early stopping ended it 
 ``collect`` averages the seeds into rows of bench/results/results.jsonl (marked headline) and
 regenerates docs/results.md with bench/quality.py; ``--systems`` rewrites only some of the rows
 (the others stay as they are). A stage already done is skipped, so ``run`` resumes.
+
+``--tag NAME --set KEY=VALUE ...`` runs a variant of the recipe beside it: runs/headline-DATASET-
+NAME-sS starts from the data and semantic IDs of runs/headline-DATASET-sS (copied, so the variant
+and the recipe share IDs and teacher seed by seed) and trains with the overrides added. Its
+``collect`` writes only the genrec rows, not marked headline, named by ``--recipe``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -56,14 +64,14 @@ METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr", "coverage@10", "
 RECIPE = "genrec 4x128, SASRec-CE IDs + distillation, seen-masked teacher (the recipe)"
 
 
-def _run_dir(dataset: str, seed: int) -> Path:
-    return ROOT / "runs" / f"headline-{dataset}-s{seed}"
+def _run_dir(dataset: str, seed: int, tag: str = "") -> Path:
+    return ROOT / "runs" / f"headline-{dataset}{'-' + tag if tag else ''}-s{seed}"
 
 
-def _sets(dataset: str, seed: int) -> list[str]:
-    rd = _run_dir(dataset, seed).relative_to(ROOT)
+def _sets(dataset: str, seed: int, tag: str = "", extra: tuple[str, ...] = ()) -> list[str]:
+    rd = _run_dir(dataset, seed, tag).relative_to(ROOT)
     sets = [f"run_dir={rd}", f"seed={seed}", f"sasrec.seed={seed}", "sasrec.num_threads=1", "train.num_threads=1"]
-    return [x for s in (*sets, *DATASETS[dataset][1]) for x in ("-s", s)]
+    return [x for s in (*sets, *DATASETS[dataset][1], *extra) for x in ("-s", s)]
 
 
 def _call(args: list[str], log: Path, shown: str) -> float:
@@ -82,11 +90,18 @@ def _genrec(log: Path, *args: str) -> float:
     return _call(["-m", "genrec.cli", *args], log, "genrec " + " ".join(args))
 
 
-def run(dataset: str, seeds: list[int]) -> None:
+def run(dataset: str, seeds: list[int], tag: str = "", overrides: tuple[str, ...] = ()) -> None:
     for seed in seeds:
-        rd, sets = _run_dir(dataset, seed), _sets(dataset, seed)
+        rd, sets = _run_dir(dataset, seed, tag), _sets(dataset, seed, tag, overrides)
         log = rd.parent / f"{rd.name}.log"
         rel = str(rd.relative_to(ROOT))
+        if tag and not (rd / "tokenize").is_dir():
+            base = _run_dir(dataset, seed)
+            if not (base / "tokenize").is_dir():
+                raise SystemExit(f"a variant starts from the recipe's IDs: run `headline.py run {dataset}` first")
+            rd.mkdir(parents=True, exist_ok=True)
+            for name in ("data", "tokenize", "manifest.json"):
+                (shutil.copytree if (base / name).is_dir() else shutil.copy)(base / name, rd / name)
         if not (rd / "data").is_dir():
             _genrec(log, "data", "prepare", CONFIG, *sets)
         if not (rd / "tokenize").is_dir():
@@ -98,6 +113,8 @@ def run(dataset: str, seeds: list[int]) -> None:
             if not (rd / "eval" / name).is_file():
                 _genrec(log, "evaluate", rel, flag)
             teacher = rd / "tokenize" / "collab_sasrec"
+            if tag:  # the teacher and popularity are the recipe's, scored in its own run
+                continue
             if not (teacher / f"metrics_test_all{'_xseen' if exclude else ''}.json").is_file():
                 extra = ["--exclude-seen"] if exclude else []
                 _call(
@@ -164,21 +181,27 @@ def collect(
     recipe: str = RECIPE,
     overrides: list[str] | None = None,
     note: str | None = None,
+    tag: str = "",
+    sets: tuple[str, ...] = (),
 ) -> None:
     """Rows of ``systems`` from the runs; ``recipe`` names the genrec row, ``overrides`` replaces the
     dataset's config overrides in its description (a run made with an earlier recipe says so), and
-    ``note`` is added to the genrec row's notes."""
+    ``note`` is added to the genrec row's notes. ``tag`` and ``sets`` name a variant's runs (``run
+    --tag --set``): only its genrec rows are written, not marked headline."""
     name, data_overrides = DATASETS[dataset]
-    overrides = data_overrides if overrides is None else overrides
+    overrides = (data_overrides if overrides is None else overrides) + list(sets)
     described = CONFIG + (" with " + " ".join(overrides) if overrides else "") + " (seed, sasrec.seed = S)"
+    if tag:
+        systems = ("genrec",)
+    variant = f" --tag {tag} --set {' '.join(sets)}" if tag else ""
     rows = []
     for who in systems:
         for file, protocol, exclude in PROTOCOLS:
             evals, notes, minutes = [], [], []
-            rd0 = _run_dir(dataset, seeds[0])
+            rd0 = _run_dir(dataset, seeds[0], tag)
             commands = _commands(rd0.parent / f"{rd0.name}.log")
             for seed in bar_seeds if who == "bar" else seeds:
-                rd = _run_dir(dataset, seed)
+                rd = _run_dir(dataset, seed, tag)
                 if who == "genrec":
                     e = json.loads((rd / "eval" / file).read_text())
                     evals.append({**e["genrec"], "commit": e["commit"], "users": e["users"]})
@@ -243,11 +266,11 @@ def collect(
                     "cpu": _cpu(),
                     "config": described,
                     "published": False,
-                    "headline": who != "teacher",
+                    "headline": who != "teacher" and not tag,
                     "command": (
                         f"python bench/headline.py bar {dataset} --seeds {' '.join(map(str, bar_seeds))}"
                         if who == "bar"
-                        else f"python bench/headline.py run {dataset} --seeds {' '.join(map(str, seeds))}\n"
+                        else f"python bench/headline.py run {dataset} --seeds {' '.join(map(str, seeds))}{variant}\n"
                         + f"# seed {seeds[0]}, as run:\n"
                         + "\n".join(commands)
                     ),
@@ -287,11 +310,30 @@ def main() -> None:
             a.add_argument("--recipe", default=RECIPE, help="the genrec row's name")
             a.add_argument("--overrides", nargs="*", help="the config overrides the runs were made with")
             a.add_argument("--note", help="a note for the genrec row")
+        if verb in ("run", "collect"):
+            a.add_argument("--tag", default="", help="a variant of the recipe: its runs' name")
+            a.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="the variant's config overrides")
     args = ap.parse_args()
+    if (args.what != "bar") and bool(args.tag) != bool(args.set):
+        ap.error("--tag and --set go together: a variant has a name and its overrides")
     if args.what == "collect":
-        collect(args.dataset, args.seeds, args.bar_seeds, tuple(args.systems), args.recipe, args.overrides, args.note)
+        if args.tag and args.recipe == RECIPE:
+            ap.error("name the variant's row with --recipe")
+        collect(
+            args.dataset,
+            args.seeds,
+            args.bar_seeds,
+            tuple(args.systems),
+            args.recipe,
+            args.overrides,
+            args.note,
+            args.tag,
+            tuple(args.set),
+        )
+    elif args.what == "run":
+        run(args.dataset, args.seeds, args.tag, tuple(args.set))
     else:
-        {"run": run, "bar": bar}[args.what](args.dataset, args.seeds)
+        bar(args.dataset, args.seeds)
 
 
 if __name__ == "__main__":
