@@ -23,9 +23,10 @@ that seed 0's `tokenize` fitted is that same model when early stopping ended it 
 regenerates docs/results.md with bench/quality.py; ``--systems`` rewrites only some of the rows
 (the others stay as they are). A stage already done is skipped, so ``run`` resumes.
 
-``--tag NAME --set KEY=VALUE ...`` runs a variant of the recipe beside it: runs/headline-DATASET-
-NAME-sS starts from the data and semantic IDs of runs/headline-DATASET-sS (copied, so the variant
-and the recipe share IDs and teacher seed by seed) and trains with the overrides added. Its
+``--tag NAME --set KEY=VALUE ...`` runs a variant of the recipe beside it: its run folder,
+runs/headline-DATASET-NAME-sS, starts from the data and semantic IDs of runs/headline-DATASET-sS
+(copied, so the variant and the recipe share IDs and teacher seed by seed) and trains with the
+overrides added. Its
 ``collect`` writes only the genrec rows, not marked headline, named by ``--recipe``.
 """
 
