@@ -255,6 +255,16 @@ class SASRecRecommender:
         self.model.train(was_training)
         return out
 
+    def item_table(self) -> torch.Tensor:
+        """float32 ``(n_items, hidden)``: each catalog row's item vector, the tied input and output table.
+
+        Row ``i`` belongs to catalog row ``i`` (the model's padding row 0 is left out); a detached copy,
+        so callers may keep or change it.
+        """
+        if self.model is None:
+            raise InputError("SASRec model is not trained", "call fit() or SASRecRecommender.load() first")
+        return self.model.item_emb.weight[1:].detach().float().clone()
+
     def recommend(
         self,
         histories: Sequence[Sequence[int]],

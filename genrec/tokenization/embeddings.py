@@ -400,7 +400,7 @@ def sasrec_embeddings(
         if cached is not None:
             with atomic_folder(cached) as tmp:  # whole folder or nothing: a reader never loads half a model
                 rec.save(tmp)
-    table = rec.model.item_emb.weight[1:].detach().float().numpy()  # row 0 is padding
+    table = rec.item_table().numpy()
     return l2_normalize(table), rec
 
 

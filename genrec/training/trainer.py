@@ -152,7 +152,7 @@ class Trainer:
             from genrec.models.sasrec import SASRecRecommender
 
             sasrec = SASRecRecommender.load(self.item_vector_folder)
-            item_vectors = sasrec.model.item_emb.weight[1:].detach().float()  # row 0 is padding
+            item_vectors = sasrec.item_table()
             if len(item_vectors) != len(self.catalog):
                 raise InputError(
                     f"the SASRec in {self.item_vector_folder} knows {len(item_vectors)} items, the catalog "
