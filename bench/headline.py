@@ -26,8 +26,10 @@ regenerates docs/results.md with bench/quality.py; ``--systems`` rewrites only s
 ``--tag NAME --set KEY=VALUE ...`` runs a variant of the recipe beside it: its run folder,
 runs/headline-DATASET-NAME-sS, starts from the data and semantic IDs of runs/headline-DATASET-sS
 (copied, so the variant and the recipe share IDs and teacher seed by seed) and trains with the
-overrides added. Its
-``collect`` writes only the genrec rows, not marked headline, named by ``--recipe``.
+overrides added. Its ``collect`` writes only the genrec rows, not marked headline, named by
+``--recipe``. ``collect --systems genrec --recipe "ROW NAME"`` without a tag names the recipe's own
+runs as another row, not headline either: a seed rerun beside a variant on the same machine, so
+the two compare under the same clock and load.
 """
 
 from __future__ import annotations
@@ -267,7 +269,8 @@ def collect(
                     "cpu": _cpu(),
                     "config": described,
                     "published": False,
-                    "headline": who != "teacher" and not tag,
+                    # a row named other than the recipe (a variant, a rerun beside one) is never a headline
+                    "headline": who != "teacher" and not tag and (who != "genrec" or recipe == RECIPE),
                     "command": (
                         f"python bench/headline.py bar {dataset} --seeds {' '.join(map(str, bar_seeds))}"
                         if who == "bar"
