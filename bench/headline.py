@@ -3,7 +3,7 @@
     python bench/headline.py run beauty [--seeds 0 1 2]
     python bench/headline.py bar beauty [--seeds 0 1 2]
     python bench/headline.py collect beauty [--seeds 0 1 2]
-    python bench/headline.py run beauty --tag NAME --set KEY=VALUE ... [--seeds 0 1 2]
+    python bench/headline.py run beauty --tag NAME --set KEY=VALUE ... [--seeds 0 1 2] [--max-users N]
     python bench/headline.py collect beauty --tag NAME --set KEY=VALUE ... --recipe "ROW NAME"
 
 For each seed S, runs/headline-DATASET-sS is the recipe of configs/beauty-scratch.yaml run with
@@ -29,7 +29,9 @@ runs/headline-DATASET-NAME-sS, starts from the data and semantic IDs of runs/hea
 overrides added. Its ``collect`` writes only the genrec rows, not marked headline, named by
 ``--recipe``. ``collect --systems genrec --recipe "ROW NAME"`` without a tag names the recipe's own
 runs as another row, not headline either: a seed rerun beside a variant on the same machine, so
-the two compare under the same clock and load.
+the two compare under the same clock and load. ``run --max-users N`` scores genrec on N sampled
+test users (the same users in every run of the dataset), for a CPU too slow to decode them all;
+its rows name the sample and are never headline rows.
 """
 
 from __future__ import annotations
@@ -93,7 +95,10 @@ def _genrec(log: Path, *args: str) -> float:
     return _call(["-m", "genrec.cli", *args], log, "genrec " + " ".join(args))
 
 
-def run(dataset: str, seeds: list[int], tag: str = "", overrides: tuple[str, ...] = ()) -> None:
+def run(dataset: str, seeds: list[int], tag: str = "", overrides: tuple[str, ...] = (), max_users: int = 0) -> None:
+    """Prepare, tokenize, train and evaluate each seed; ``max_users`` > 0 evaluates genrec on that
+    many sampled test users (the same users for every run of a dataset; never a headline row)."""
+    sample = ["--max-users", str(max_users)] if max_users else []
     for seed in seeds:
         rd, sets = _run_dir(dataset, seed, tag), _sets(dataset, seed, tag, overrides)
         log = rd.parent / f"{rd.name}.log"
@@ -114,7 +119,7 @@ def run(dataset: str, seeds: list[int], tag: str = "", overrides: tuple[str, ...
         for name, _, exclude in PROTOCOLS:
             flag = "--exclude-seen" if exclude else "--no-exclude-seen"
             if not (rd / "eval" / name).is_file():
-                _genrec(log, "evaluate", rel, flag)
+                _genrec(log, "evaluate", rel, flag, *sample)
             teacher = rd / "tokenize" / "collab_sasrec"
             if tag:  # the teacher and popularity are the recipe's, scored in its own run
                 continue
@@ -176,6 +181,13 @@ def _commands(log: Path) -> list[str]:
 WHO = ("genrec", "teacher", "bar", "popularity")
 
 
+def _sample(evaluation: dict) -> str:
+    """The row's user_sample for a `genrec evaluate` output: 'all', or 'N users, seed S' (--max-users)."""
+    if not 0 < evaluation.get("max_users", 0) <= evaluation["users"]:  # a cap above the split's size samples none
+        return "all"
+    return f"{evaluation['users']} users, seed {evaluation['user_sample_seed']}"
+
+
 def collect(
     dataset: str,
     seeds: list[int],
@@ -207,7 +219,7 @@ def collect(
                 rd = _run_dir(dataset, seed, tag)
                 if who == "genrec":
                     e = json.loads((rd / "eval" / file).read_text())
-                    evals.append({**e["genrec"], "commit": e["commit"], "users": e["users"]})
+                    evals.append({**e["genrec"], "commit": e["commit"], "users": e["users"], "sample": _sample(e)})
                     info = json.loads((rd / "manifest.json").read_text())["stages"]
                     model = info["model"]
                     train = json.loads((rd / "train" / "checkpoint" / "state.json").read_text())
@@ -261,7 +273,7 @@ def collect(
                     "system": system,
                     "protocol": protocol,
                     "users": evals[0]["users"],
-                    "user_sample": "all",
+                    "user_sample": evals[0].get("sample", "all"),
                     "seeds": [] if who == "popularity" else bar_seeds if who == "bar" else seeds,
                     "metrics": {k: mean_sd([e[k] for e in evals]) for k in METRICS if k in evals[0]},
                     "minutes": mean_sd(minutes) if minutes else None,
@@ -270,7 +282,10 @@ def collect(
                     "config": described,
                     "published": False,
                     # a row named other than the recipe (a variant, a rerun beside one) is never a headline
-                    "headline": who != "teacher" and not tag and (who != "genrec" or recipe == RECIPE),
+                    "headline": who != "teacher"
+                    and not tag
+                    and (who != "genrec" or recipe == RECIPE)
+                    and evals[0].get("sample", "all") == "all",
                     "command": (
                         f"python bench/headline.py bar {dataset} --seeds {' '.join(map(str, bar_seeds))}"
                         if who == "bar"
@@ -314,6 +329,10 @@ def main() -> None:
             a.add_argument("--recipe", default=RECIPE, help="the genrec row's name")
             a.add_argument("--overrides", nargs="*", help="the config overrides the runs were made with")
             a.add_argument("--note", help="a note for the genrec row")
+        if verb == "run":
+            a.add_argument(
+                "--max-users", type=int, default=0, help="evaluate genrec on this many sampled test users (0: all)"
+            )
         if verb in ("run", "collect"):
             a.add_argument("--tag", default="", help="a variant of the recipe: its runs' name")
             a.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="the variant's config overrides")
@@ -335,7 +354,7 @@ def main() -> None:
             tuple(args.set),
         )
     elif args.what == "run":
-        run(args.dataset, args.seeds, args.tag, tuple(args.set))
+        run(args.dataset, args.seeds, args.tag, tuple(args.set), args.max_users)
     else:
         bar(args.dataset, args.seeds)
 

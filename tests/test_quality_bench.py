@@ -94,3 +94,18 @@ def test_a_malformed_row_is_rejected_by_its_line(tmp_path, change, message, caps
 def test_plot_draws(rows, tmp_path):
     quality.plot(rows, tmp_path / "q.png")
     assert (tmp_path / "q.png").stat().st_size > 10_000
+
+
+def test_a_sampled_evaluation_is_named_and_never_headline():
+    """bench/headline.py names a `genrec evaluate --max-users` output by its sample, which
+    bench/quality.py accepts and shows as sampled: a sampled row can never pass for an all-user one."""
+    import headline  # noqa: PLC0415  (bench/ is scripts, not a package)
+
+    everyone = {"users": 22363, "max_users": 0, "user_sample_seed": 0}
+    assert headline._sample(everyone) == "all"
+    assert headline._sample({**everyone, "max_users": 30000}) == "all"  # a cap above the split samples none
+    sampled = {"users": 4000, "max_users": 4000, "user_sample_seed": 0}
+    assert headline._sample(sampled) == "4000 users, seed 0"
+    row = {**_first_measured_row(), "user_sample": headline._sample(sampled), "users": 4000, "headline": False}
+    quality.validate(row, "row")
+    assert "sampled" in quality.fmt_users(row)
