@@ -289,7 +289,9 @@ def collect(
                     "command": (
                         f"python bench/headline.py bar {dataset} --seeds {' '.join(map(str, bar_seeds))}"
                         if who == "bar"
-                        else f"python bench/headline.py run {dataset} --seeds {' '.join(map(str, seeds))}{variant}\n"
+                        else f"python bench/headline.py run {dataset} --seeds {' '.join(map(str, seeds))}{variant}"
+                        + (f" --max-users {evals[0]['users']}" if evals[0].get("sample", "all") != "all" else "")
+                        + "\n"
                         + f"# seed {seeds[0]}, as run:\n"
                         + "\n".join(commands)
                     ),
