@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import shutil
 import sys
-import time
 
 import pytest
 
@@ -59,14 +58,11 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     (tmp_path / "configs").mkdir()
     shutil.copy(REPO / "configs" / "demo.yaml", tmp_path / "configs" / "demo.yaml")
     monkeypatch.chdir(tmp_path)
-    start = time.perf_counter()
+    # no time limit here: a timed assertion fails on a busy machine, not on a slow example
     exec(compile(blocks[0], str(README), "exec"), {"__name__": "__readme_example__"})
-    seconds = time.perf_counter() - start
     out = capsys.readouterr().out
     assert "recall@10" in out and "ndcg@10" in out
     assert (tmp_path / "runs" / "api-example" / "tokenize").is_dir()
-    # the example is meant to take well under a minute on a 2-core CPU; allow for a busy machine
-    assert seconds < 180, f"the README example took {seconds:.0f} s"
 
 
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
