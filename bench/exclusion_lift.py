@@ -43,13 +43,18 @@ def _scores(lists, histories, targets, n_items) -> dict:
     return {"ndcg@10": round(m["ndcg@10"], 4), "recall@10": round(m["recall@10"], 4), "seen_in_top10": round(seen, 2)}
 
 
+def _lists_by_user(path: Path, item_index: dict[str, int]) -> dict[str, list[int]]:
+    """Each user's top-10 catalog rows from a `genrec evaluate` recommendations file."""
+    with open(path) as f:
+        return {r["user_id"]: [item_index[i["item_id"]] for i in r["items"]] for r in map(json.loads, f)}
+
+
 def _eval_lists(folder: Path, name: str, user_ids: list[str], item_index: dict[str, int]) -> list[list[int]]:
     """The top-10 lists `genrec evaluate` wrote for ``name`` (test or test_xseen), in ``user_ids``' order."""
     path = folder / "eval" / f"{name}_recommendations.jsonl"
     if not path.is_file():
         raise SystemExit(f"{path} is missing: run `genrec evaluate {folder}` first, or drop --reuse-eval")
-    with open(path) as f:
-        by_user = {r["user_id"]: [item_index[i["item_id"]] for i in r["items"]] for r in map(json.loads, f)}
+    by_user = _lists_by_user(path, item_index)
     missing = [u for u in user_ids if u not in by_user]
     if missing:
         raise SystemExit(f"{path} lacks {len(missing)} test users (it was made on a sample?): drop --reuse-eval")

@@ -261,6 +261,7 @@ def collect(
                     minutes.append(0.0)  # counting items trains nothing worth a minute
             if who == "popularity":
                 evals, minutes = evals[:1], minutes[:1]  # deterministic: one row, whatever the seeds
+            sample = evals[0].get("sample", "all")  # genrec's may be sampled; the baselines score everyone
             system = {
                 "genrec": recipe,
                 "teacher": "SASRec-CE, the recipe's teacher (fitted inside genrec tokenize)",
@@ -273,7 +274,7 @@ def collect(
                     "system": system,
                     "protocol": protocol,
                     "users": evals[0]["users"],
-                    "user_sample": evals[0].get("sample", "all"),
+                    "user_sample": sample,
                     "seeds": [] if who == "popularity" else bar_seeds if who == "bar" else seeds,
                     "metrics": {k: mean_sd([e[k] for e in evals]) for k in METRICS if k in evals[0]},
                     "minutes": mean_sd(minutes) if minutes else None,
@@ -285,12 +286,12 @@ def collect(
                     "headline": who != "teacher"
                     and not tag
                     and (who != "genrec" or recipe == RECIPE)
-                    and evals[0].get("sample", "all") == "all",
+                    and sample == "all",
                     "command": (
                         f"python bench/headline.py bar {dataset} --seeds {' '.join(map(str, bar_seeds))}"
                         if who == "bar"
                         else f"python bench/headline.py run {dataset} --seeds {' '.join(map(str, seeds))}{variant}"
-                        + (f" --max-users {evals[0]['users']}" if evals[0].get("sample", "all") != "all" else "")
+                        + (f" --max-users {evals[0]['users']}" if sample != "all" else "")
                         + "\n"
                         + f"# seed {seeds[0]}, as run:\n"
                         + "\n".join(commands)

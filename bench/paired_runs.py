@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from exclusion_lift import _lists_by_user  # noqa: E402
 from gap_breakdown import _gains  # noqa: E402
 from serving import _record  # noqa: E402
 
@@ -33,10 +34,7 @@ PROTOCOLS = (("test", "seen items kept"), ("test_xseen", "seen items excluded"))
 
 def _lists(folder: Path, name: str, item_index: dict[str, int]) -> dict[str, list[int]]:
     path = folder / "eval" / f"{name}_recommendations.jsonl"
-    if not path.is_file():
-        return {}
-    with open(path) as f:
-        return {r["user_id"]: [item_index[i["item_id"]] for i in r["items"]] for r in map(json.loads, f)}
+    return _lists_by_user(path, item_index) if path.is_file() else {}
 
 
 def _paired(diff: np.ndarray) -> dict:
