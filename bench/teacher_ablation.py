@@ -15,6 +15,9 @@ those same IDs with the dataset's config, differing only in their teacher:
 * ``item-rows`` (not run by default): ``masked`` plus ``train.item_tokens=true
   train.item_token_rows=teacher``: the student also reads each history item through the
   teacher's own item vector (frozen), not only through its shared codes.
+* ``length-grouped`` (not run by default) changes how the student's batches are cut, not its
+  teacher: ``train.group_by_length=true`` (batches of similar length, a fraction of the
+  padding). With ``--steps`` it says whether the faster step costs quality at the same steps.
 
 ``--steps N`` trains every student for N steps with no time budget (``train.max_steps=N
 train.max_minutes=0``) in folders and rows of their own: the config's time budget anneals the
@@ -83,6 +86,8 @@ def _variants(members: int) -> dict[str, list[str]]:
         "ensemble": [f"train.teacher_seeds={members}"],
         "masked": ["train.distill_mask_seen=true"],
         "item-rows": ["train.distill_mask_seen=true", "train.item_tokens=true", "train.item_token_rows=teacher"],
+        # not a teacher: how the same student's batches are cut (a speed option)
+        "length-grouped": ["train.group_by_length=true"],
     }
 
 
@@ -159,6 +164,8 @@ def collect(dataset: str, seeds: list[int], members: int, variants: list[str], s
         ("masked", "genrec"): "genrec, teacher with seen items masked (train.distill_mask_seen, the make demo recipe)",
         ("item-rows", "genrec"): "genrec, masked teacher + frozen item rows from its item table "
         "(train.item_token_rows=teacher)",
+        ("length-grouped", "genrec"): "genrec, the make demo recipe + batches grouped by length "
+        "(train.group_by_length)",
         ("single", "teacher"): "SASRec-CE (the single teacher)",
         ("ensemble", "teacher"): f"SASRec-CE, ensemble of {members} seeds (the ensemble teacher)",
     }

@@ -6,12 +6,25 @@ prepared demo run for each backbone, in one process, one after the other:
     .venv/bin/python bench/train_speed.py --run runs/demo [--steps 8] [--batch 16]
 
 FLOPs per step are counted by torch's FlopCounterMode on one step (forward + backward).
+
+``--recipe`` times the recipe's whole optimizer step instead (`Trainer.train_step`: prompts,
+collate, the teacher's targets, answer + history + distillation losses, AdamW) for the config
+as it is and with each ``--variant`` of overrides, at one thread, the variants' steps
+interleaved so that they share the machine's load, and appends the seconds per step and their
+ratio to the recipe's to bench/results/train_step.json:
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/train_speed.py --recipe --config configs/beauty-scratch.yaml \
+        --run runs/headline-beauty-s0 --steps 20 --variant train.group_by_length=true
+
+The run needs `data` and `tokenize` (its teacher); nothing is written to it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -71,13 +84,62 @@ def bench(config: str, run: str, overrides: list[str], steps: int, batch: int) -
     }
 
 
+def recipe_steps(config: str, run: str, variants: list[list[str]], steps: int) -> list[dict]:
+    """Seconds per ``Trainer.train_step`` of the config (``variants[0]`` = []) and each variant,
+    timed round-robin over steps 1..steps after one warm-up step each."""
+    from genrec.training.checkpoint import TrainState
+
+    trainers = []
+    for overrides in variants:
+        cfg = load_config(config, [f"run_dir={run}", "train.num_threads=1", *overrides])
+        trainer = Trainer(cfg, progress=False)
+        trainer.setup()
+        trainer.model.train()
+        trainers.append(trainer)
+    seconds = [[] for _ in variants]
+    tokens = [0 for _ in variants]
+    for step in range(steps + 1):
+        for n, trainer in enumerate(trainers):
+            t = time.perf_counter()
+            trainer.train_step(TrainState(step=step))
+            trainer.optimizer.zero_grad(set_to_none=True)
+            if step:  # step 0 warms up
+                seconds[n].append(time.perf_counter() - t)
+                tokens[n] += sum(len(ex.input_ids) for ex in trainer.batch_for(step, 0))
+    base = sum(seconds[0]) / steps
+    return [
+        {
+            "overrides": overrides,
+            "s_per_step": round(sum(s) / steps, 3),
+            "ratio_to_recipe": round(sum(s) / steps / base, 3),
+            "tokens_per_step": round(tokens[n] / steps),
+        }
+        for n, (overrides, s) in enumerate(zip(variants, seconds))
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--recipe", action="store_true", help="time the recipe's whole step and its --variant(s)")
+    ap.add_argument("--variant", action="append", default=[], help="space-separated overrides (with --recipe)")
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--run", default="runs/demo")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch", type=int, default=16)
     args = ap.parse_args()
+    if args.recipe:
+        from serving import _record
+
+        torch.set_num_threads(1)
+        rows = recipe_steps(args.config, args.run, [[], *[v.split() for v in args.variant]], args.steps)
+        for r in rows:
+            name = " ".join(r["overrides"]) or "the config"
+            print(f"{name:70s} {r['s_per_step']:.2f} s/step  x{r['ratio_to_recipe']:.2f}")
+        out = Path(__file__).resolve().parent / "results" / "train_step.json"
+        previous = json.loads(out.read_text()) if out.is_file() else []
+        record = {**_record(), "config": args.config, "steps": args.steps, "rows": rows}
+        out.write_text(json.dumps(previous + [record], indent=1) + "\n")
+        return
     torch.set_num_threads(2)
     peak_bf16, peak_fp32 = matmul_peak(torch.bfloat16), matmul_peak(torch.float32)
     rows = {

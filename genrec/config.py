@@ -341,6 +341,12 @@ class TrainConfig(_Section):
         ge=0,
         why="it is a weight",
     )
+    group_by_length: bool = _f(
+        False,
+        "Batch examples of similar length: each run of 50 shuffled batches is sorted by length "
+        "and cut into batches again, whose order is shuffled. Left padding to the longest row "
+        "of a batch then costs little: on Beauty's windows half of a batch was padding.",
+    )
     distill_from: Optional[str] = _f(
         None,
         "Folder of a trained SASRec to distill from (written by "

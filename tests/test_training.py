@@ -179,6 +179,29 @@ def test_history_loss_is_code_only_cross_entropy(demo_run, smollm2_dir):
     assert torch.allclose(both - base, 0.5 * expected, atol=1e-5)
 
 
+def test_length_grouped_batches_cover_the_epoch_with_little_padding(demo_run, tmp_path):
+    run = copy_prepared(demo_run, tmp_path / "run")
+    plain = Trainer(_cfg(run, "train.next_item_examples=windows"), progress=False)
+    grouped = Trainer(_cfg(run, "train.next_item_examples=windows", "train.group_by_length=true"), progress=False)
+    plain.setup()
+    grouped.setup()
+    n, bs = len(grouped.examples), grouped.tcfg.batch_size
+    order = grouped._order(0)
+    assert sorted(order) == list(range(n))  # every example once per epoch
+    assert order != grouped._order(1)  # and a new grouping each epoch
+
+    def padding(trainer) -> float:
+        steps = range(trainer.steps_per_epoch)
+        widths = [max(len(trainer.examples[i].input_ids) for i in trainer.batch_indices(s, 0)) for s in steps]
+        used = [sum(len(trainer.examples[i].input_ids) for i in trainer.batch_indices(s, 0)) for s in steps]
+        return 1 - sum(used) / sum(w * len(trainer.batch_indices(s, 0)) for s, w in zip(steps, widths))
+
+    assert padding(grouped) < 0.5 * padding(plain)
+    # batches do not come longest first: their order is shuffled
+    widths = [max(len(grouped.examples[i].input_ids) for i in order[k : k + bs]) for k in range(0, n - bs, bs)]
+    assert widths != sorted(widths, reverse=True)
+
+
 @pytest.fixture(scope="module")
 def demo_teacher(demo_run, tmp_path_factory) -> Path:
     """A small SASRec-CE fit on the demo set, saved as a distillation teacher."""

@@ -282,8 +282,27 @@ class Trainer:
     # -- batches ---------------------------------------------------------------------------
     def _order(self, epoch: int) -> list[int]:
         perm = list(range(len(self.examples)))
-        random.Random(self.cfg.seed * 1000003 + epoch).shuffle(perm)
+        rng = random.Random(self.cfg.seed * 1000003 + epoch)
+        rng.shuffle(perm)
+        if self.tcfg.group_by_length:
+            perm = self._grouped_by_length(perm, rng)
         return perm
+
+    def _grouped_by_length(self, perm: list[int], rng: random.Random, megabatch: int = 50) -> list[int]:
+        """``perm`` regrouped so that each batch holds examples of similar length (HF's
+        ``group_by_length``): runs of ``megabatch`` batches sorted longest first, cut into
+        batches again, and the batches shuffled, so an epoch still sees every example once
+        and lengths do not come in order."""
+        bs, max_len = self.tcfg.batch_size * self.tcfg.grad_accum, self.tcfg.max_seq_len
+        size = lambda i: min(len(self.examples[i].input_ids), max_len)  # noqa: E731
+        batches = []
+        for start in range(0, len(perm), megabatch * bs):
+            run = sorted(perm[start : start + megabatch * bs], key=size, reverse=True)
+            batches += [run[i : i + bs] for i in range(0, len(run), bs)]
+        # a short last batch stays last, so every other batch starts at a multiple of bs
+        short = batches.pop() if batches and len(batches[-1]) < bs else []
+        rng.shuffle(batches)
+        return [i for b in batches for i in b] + short
 
     def batch_indices(self, step: int, micro: int) -> list[int]:
         """Indices into ``self.examples`` of micro-batch ``micro`` of optimizer step ``step`` on this rank."""
