@@ -62,6 +62,21 @@ def test_allow_lists_hold_for_every_model(models, dataset):
         assert all(r and set(r) <= set(a) for r, a in zip(out, allow)), name
 
 
+def test_batches_of_one_length_answer_each_user_as_alone(models, dataset):
+    # recommend decodes users sorted by prompt length; each answer must still be that user's,
+    # in the caller's order, with the user's own exclusions
+    _, histories, _ = dataset.split_rows("test", 24, 1)
+    histories = [h[-n:] for h, n in zip(histories, [1, 9, 3, 7, 2, 10] * 4)]  # lengths out of order
+    exclude = [h[:1] for h in histories]
+    model = models["genrec"]
+    together = model.recommend(histories, k=5, num_beams=10, exclude=exclude, batch_size=8)
+    for h, x, got in zip(histories, exclude, together):
+        alone = model.recommend([h], k=5, num_beams=10, exclude=[x], batch_size=1)[0]
+        assert [r.index for r in got] == [r.index for r in alone]
+        assert [r.score for r in got] == pytest.approx([r.score for r in alone], abs=1e-4)
+        assert x[0] not in {r.index for r in got}
+
+
 def test_popularity_ranks_by_training_count_with_stable_ties():
     pop = PopularityRecommender().fit([[2, 2, 1], [1, 3], [0]], 5)
     assert ranked_indices(pop.recommend([[0]], k=5)) == [[1, 2, 0, 3, 4]]

@@ -85,18 +85,23 @@ class GenerativeRecommender:
                 f"k={k} is larger than the beam width {num_beams} (the catalog holds {len(self.catalog)} items)",
                 "raise num_beams or lower k",
             )
-        n = len(prompts) if prompts is not None else len(histories)
-        out: list[list[Recommendation]] = []
+        all_prompts = (
+            [list(p) for p in prompts]
+            if prompts is not None
+            else [self.formatter.next_item_prompt(h) for h in histories]
+        )
+        n = len(all_prompts)
+        # users decoded together have prompts of about one length: a batch is left-padded to its
+        # longest prompt, and on histories of 1 to max_history items most of a shuffled batch
+        # would be padding that the prefill and every beam step attend over
+        order = sorted(range(n), key=lambda u: len(all_prompts[u]))
+        out: list[list[Recommendation]] = [[] for _ in range(n)]
         bar = tqdm(total=n, desc="recommending", unit="user", disable=not progress)
         for start in range(0, n, batch_size):
-            stop = min(n, start + batch_size)
-            batch_prompts = (
-                list(prompts[start:stop])
-                if prompts is not None
-                else [self.formatter.next_item_prompt(h) for h in histories[start:stop]]
-            )
+            users = order[start : start + batch_size]
+            batch_prompts = [all_prompts[u] for u in users]
             ids, mask = left_pad(batch_prompts, self.pad_id)
-            banned = self._banned(exclude, allow, start, stop) if exclude is not None or allow is not None else None
+            banned = self._banned(exclude, allow, users) if exclude is not None or allow is not None else None
             exclusion = self.trie.exclusion([sorted(b) for b in banned]) if banned is not None else None
             ranked = constrained_beam_search(
                 self.model, ids, mask, self.trie, num_beams=num_beams, top_k=k, exclusion=exclusion, softmax=softmax
@@ -104,8 +109,9 @@ class GenerativeRecommender:
             if new_items and new_item_slots > 0:
                 banned = banned or [set() for _ in ranked]
                 ranked = self._with_new_items(ranked, batch_prompts, new_items, new_item_slots, k, banned)
-            out.extend(Recommendation.rows(self.catalog, row) for row in ranked)
-            bar.update(stop - start)
+            for u, row in zip(users, ranked):
+                out[u] = Recommendation.rows(self.catalog, row)
+            bar.update(len(users))
         bar.close()
         return out
 
@@ -132,7 +138,7 @@ class GenerativeRecommender:
         allow_rows = None if allow is None else [list(allow)]
         draws = DistinctDraws(k, exclude or ())
         while not draws.done:
-            exclusion = self._exclusion([draws.excluded], allow_rows, 0, 1)
+            exclusion = self._exclusion([draws.excluded], allow_rows, [0])
             draws.add(
                 constrained_sample(
                     self.model, ids, mask, self.trie, 2 * k, sampling, exclusion=exclusion, generator=generator
@@ -176,17 +182,17 @@ class GenerativeRecommender:
             out.append(sorted(kept + picks, key=lambda p: -p[1]))
         return out
 
-    def _exclusion(self, exclude, allow, start: int, stop: int):
-        """The trie exclusion of rows start..stop: their excluded rows plus everything outside their allow-list."""
+    def _exclusion(self, exclude, allow, users: list[int]):
+        """The trie exclusion of ``users``: their excluded rows plus everything outside their allow-list."""
         if exclude is None and allow is None:
             return None
-        return self.trie.exclusion([sorted(b) for b in self._banned(exclude, allow, start, stop)])
+        return self.trie.exclusion([sorted(b) for b in self._banned(exclude, allow, users)])
 
-    def _banned(self, exclude, allow, start: int, stop: int) -> list[set[int]]:
-        """Per row start..stop: its excluded rows plus everything outside its allow-list."""
+    def _banned(self, exclude, allow, users: list[int]) -> list[set[int]]:
+        """Per user of ``users``: its excluded rows plus everything outside its allow-list."""
         everything = set(range(len(self.catalog))) if allow is not None else set()
         rows = []
-        for u in range(start, stop):
+        for u in users:
             banned = set(exclude[u]) if exclude is not None and exclude[u] is not None else set()
             if allow is not None and allow[u] is not None:
                 banned |= everything - set(allow[u])
