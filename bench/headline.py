@@ -66,7 +66,7 @@ DATASETS = {
 }
 PROTOCOLS = (("test.json", "seen items kept", False), ("test_xseen.json", "seen items excluded", True))
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr", "coverage@10", "invalid_rate")
-RECIPE = "genrec 4x128, SASRec-CE IDs + distillation, seen-masked teacher (the recipe)"
+RECIPE = "genrec 4x128, SASRec-CE IDs + distillation, seen-masked teacher, length-grouped batches (the recipe)"
 
 
 def _run_dir(dataset: str, seed: int, tag: str = "") -> Path:

@@ -18,6 +18,8 @@ those same IDs with the dataset's config, differing only in their teacher:
 * ``length-grouped`` (not run by default) changes how the student's batches are cut, not its
   teacher: ``train.group_by_length=true`` (batches of similar length, a fraction of the
   padding). With ``--steps`` it says whether the faster step costs quality at the same steps.
+  The teacher variants pin ``train.group_by_length=false``, the batches their rows were
+  measured with, since grouping became the default after them.
 
 ``--steps N`` trains every student for N steps with no time budget (``train.max_steps=N
 train.max_minutes=0``) in folders and rows of their own: the config's time budget anneals the
@@ -81,11 +83,14 @@ def _sets(rd: Path, seed: int, extra: list[str] = ()) -> list[str]:
 
 
 def _variants(members: int) -> dict[str, list[str]]:
+    # the teacher variants keep the batches they were measured with (shuffled, before length
+    # grouping became the default), so their rows stay reproducible by their commands
+    plain = ["train.group_by_length=false"]
     return {
-        "single": [],
-        "ensemble": [f"train.teacher_seeds={members}"],
-        "masked": ["train.distill_mask_seen=true"],
-        "item-rows": ["train.distill_mask_seen=true", "train.item_tokens=true", "train.item_token_rows=teacher"],
+        "single": plain,
+        "ensemble": [f"train.teacher_seeds={members}", *plain],
+        "masked": ["train.distill_mask_seen=true", *plain],
+        "item-rows": ["train.distill_mask_seen=true", "train.item_tokens=true", "train.item_token_rows=teacher", *plain],
         # not a teacher: how the same student's batches are cut (a speed option)
         "length-grouped": ["train.group_by_length=true"],
     }
