@@ -1,6 +1,7 @@
 """Decoding every test user: the ID-token softmax (default) against the full-vocabulary softmax.
 
     python bench/decode_speed.py run RUN [--users 0] [--compare 2000] [--batch-size 16] [--threads 1]
+    python bench/decode_speed.py order RUN [--users 1000] [--rounds 2] [--batch-size 16] [--threads 1]
     python bench/decode_speed.py docs
 
 Loads RUN/model and decodes the test users of RUN/data (all of them with ``--users 0``) with
@@ -10,6 +11,12 @@ It reports users per second of each, the minutes for every test user, Recall/NDC
 on the compared users and how often both return the same top-10 list. Rows go to
 bench/results/decode_speed.json with the command, CPU and commit; ``docs`` writes the table
 into docs/benchmarks.md.
+
+``order`` times the batching of users: the first ``--users`` test users decoded in batches of
+users in the order given (as `run` does) against `GenerativeRecommender.recommend`, which
+decodes them sorted by prompt length (a batch is left-padded to its longest prompt). The two
+alternate for ``--rounds`` rounds in one process, so machine load falls on both; the row (in
+bench/results/decode_order.json) also says how often both return the same top-10 list.
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ from serving import _record  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "decode_speed.json"
+ORDER_RESULTS = ROOT / "bench" / "results" / "decode_order.json"
 DOCS = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- decode_speed:begin (bench/decode_speed.py docs) -->", "<!-- decode_speed:end -->"
+ORDER_BEGIN, ORDER_END = "<!-- decode_order:begin (bench/decode_speed.py docs) -->", "<!-- decode_order:end -->"
 MODES = ("ids", "vocabulary")
 
 
@@ -94,6 +103,89 @@ def run(folder: Path, users: int, compare: int, batch_size: int, threads: int) -
     docs()
 
 
+def order(folder: Path, users: int, rounds: int, batch_size: int, threads: int) -> None:
+    import torch
+    from tqdm.auto import tqdm
+
+    from genrec.data import PreparedDataset
+    from genrec.decoding.beam_search import constrained_beam_search, left_pad
+    from genrec.decoding.hf import GenerativeRecommender
+    from genrec.exported import read_settings
+
+    torch.set_num_threads(threads)
+    rec = GenerativeRecommender.from_folder(folder / "model")
+    beams = int(read_settings(folder / "model").get("num_beams") or 20)
+    _, histories, _ = PreparedDataset.load(folder / "data").split_rows("test", users, 0)
+    prompts = [rec.formatter.next_item_prompt(h) for h in histories]
+
+    def given_order() -> list[list[int]]:
+        rows = []
+        for start in tqdm(range(0, len(prompts), batch_size), desc="users in given order", unit="batch"):
+            ids, mask = left_pad(prompts[start : start + batch_size], rec.pad_id)
+            rows += constrained_beam_search(rec.model, ids, mask, rec.trie, beams, 10)
+        return [[i for i, _ in r] for r in rows]
+
+    def sorted_by_length() -> list[list[int]]:
+        ranked = rec.recommend(histories, k=10, num_beams=beams, batch_size=batch_size, progress=True)
+        return [[r.index for r in user] for user in ranked]
+
+    seconds: dict[str, list[float]] = {"given": [], "sorted": []}
+    lists: dict[str, list[list[int]]] = {}
+    for _ in range(rounds):
+        for name, decode in (("given", given_order), ("sorted", sorted_by_length)):
+            t0 = time.perf_counter()
+            lists[name] = decode()
+            seconds[name].append(time.perf_counter() - t0)
+
+    def padding(batches: list[list[int]]) -> float:
+        width = sum(max(len(prompts[u]) for u in b) * len(b) for b in batches)
+        return round(1 - sum(len(prompts[u]) for b in batches for u in b) / width, 3)
+
+    given = list(range(len(prompts)))
+    by_length = sorted(given, key=lambda u: len(prompts[u]))
+    cut = lambda us: [us[i : i + batch_size] for i in range(0, len(us), batch_size)]  # noqa: E731
+    row = {
+        "run": str(folder),
+        "users": len(prompts),
+        "prompt_tokens": [min(map(len, prompts)), max(map(len, prompts))],
+        "num_beams": beams,
+        "batch_size": batch_size,
+        "threads": threads,
+        "rounds": rounds,
+        "seconds_given_order": [round(x, 1) for x in seconds["given"]],
+        "seconds_sorted": [round(x, 1) for x in seconds["sorted"]],
+        "speedup": round(sum(seconds["given"]) / sum(seconds["sorted"]), 2),
+        "padding_given_order": padding(cut(given)),
+        "padding_sorted": padding(cut(by_length)),
+        "identical_top10": round(sum(a == b for a, b in zip(lists["given"], lists["sorted"])) / len(prompts), 4),
+        "measured": time.strftime("%Y-%m-%d"),
+        **_record(),
+    }
+    print(row)
+    old = json.loads(ORDER_RESULTS.read_text()) if ORDER_RESULTS.is_file() else []
+    ORDER_RESULTS.write_text(json.dumps([r for r in old if r["run"] != row["run"]] + [row], indent=2) + "\n")
+    docs()
+
+
+def _order_docs() -> list[str]:
+    lines = [
+        ORDER_BEGIN,
+        "",
+        "| run | users | prompt tokens | batch | padding, given order / sorted | seconds, given order | "
+        "seconds, sorted | speed-up | same top-10 list | CPU, threads |",
+        "|---|---:|---|---:|---|---|---|---:|---:|---|",
+    ]
+    for r in json.loads(ORDER_RESULTS.read_text()) if ORDER_RESULTS.is_file() else []:
+        lo, hi = r["prompt_tokens"]
+        lines.append(
+            f"| `{r['run']}` | {r['users']:,} | {lo}-{hi} | {r['batch_size']} | "
+            f"{r['padding_given_order']:.0%} / {r['padding_sorted']:.0%} | "
+            f"{', '.join(map(str, r['seconds_given_order']))} | {', '.join(map(str, r['seconds_sorted']))} | "
+            f"{r['speedup']:.1f}x | {r['identical_top10']:.0%} | {r['cpu']}, {r['threads']} |"
+        )
+    return lines + ["", f"Commands and commits: `{ORDER_RESULTS.relative_to(ROOT)}`.", "", ORDER_END]
+
+
 def docs() -> None:
     rows = json.loads(RESULTS.read_text())
     lines = [
@@ -114,6 +206,8 @@ def docs() -> None:
         )
     lines += ["", f"Commands and commits: `{RESULTS.relative_to(ROOT)}`.", "", END]
     write_section(lines, DOCS)
+    if ORDER_BEGIN in DOCS.read_text():
+        write_section(_order_docs(), DOCS)
     print("\n".join(lines))
 
 
@@ -126,10 +220,18 @@ def main() -> None:
     a.add_argument("--compare", type=int, default=2000, help="users also decoded with the vocabulary softmax")
     a.add_argument("--batch-size", type=int, default=16)
     a.add_argument("--threads", type=int, default=1)
+    a = sub.add_parser("order")
+    a.add_argument("run", type=Path)
+    a.add_argument("--users", type=int, default=1000, help="test users (0: all)")
+    a.add_argument("--rounds", type=int, default=2, help="alternating rounds of both orders")
+    a.add_argument("--batch-size", type=int, default=16)
+    a.add_argument("--threads", type=int, default=1)
     sub.add_parser("docs")
     args = ap.parse_args()
     if args.what == "run":
         run(args.run, args.users, args.compare, args.batch_size, args.threads)
+    elif args.what == "order":
+        order(args.run, args.users, args.rounds, args.batch_size, args.threads)
     else:
         docs()
 

@@ -284,7 +284,8 @@ class Trainer:
         perm = list(range(len(self.examples)))
         rng = random.Random(self.cfg.seed * 1000003 + epoch)
         rng.shuffle(perm)
-        if self.tcfg.group_by_length:
+        # alignment's examples are preference pairs, not prompts: their batches stay shuffled
+        if self.tcfg.group_by_length and self.examples and hasattr(self.examples[0], "input_ids"):
             perm = self._grouped_by_length(perm, rng)
         return perm
 
