@@ -90,7 +90,12 @@ def _variants(members: int) -> dict[str, list[str]]:
         "single": plain,
         "ensemble": [f"train.teacher_seeds={members}", *plain],
         "masked": ["train.distill_mask_seen=true", *plain],
-        "item-rows": ["train.distill_mask_seen=true", "train.item_tokens=true", "train.item_token_rows=teacher", *plain],
+        "item-rows": [
+            "train.distill_mask_seen=true",
+            "train.item_tokens=true",
+            "train.item_token_rows=teacher",
+            *plain,
+        ],
         # not a teacher: how the same student's batches are cut (a speed option)
         "length-grouped": ["train.group_by_length=true"],
     }
