@@ -40,21 +40,36 @@ ORDER_BEGIN, ORDER_END = "<!-- decode_order:begin (bench/decode_speed.py docs) -
 MODES = ("ids", "vocabulary")
 
 
-def run(folder: Path, users: int, compare: int, batch_size: int, threads: int) -> None:
+def _load(folder: Path, users: int, threads: int):
+    """RUN/model as a recommender, its beam width, and the first ``users`` test users of
+    RUN/data (all with 0): histories, targets and their prompts."""
     import torch
-    from tqdm.auto import tqdm
 
     from genrec.data import PreparedDataset
-    from genrec.decoding.beam_search import constrained_beam_search, left_pad
     from genrec.decoding.hf import GenerativeRecommender
     from genrec.exported import read_settings
-    from genrec.metrics import evaluate_rankings
 
     torch.set_num_threads(threads)
     rec = GenerativeRecommender.from_folder(folder / "model")
     beams = int(read_settings(folder / "model").get("num_beams") or 20)
     _, histories, targets = PreparedDataset.load(folder / "data").split_rows("test", users, 0)
-    prompts = [rec.formatter.next_item_prompt(h) for h in histories]
+    return rec, beams, histories, targets, [rec.formatter.next_item_prompt(h) for h in histories]
+
+
+def _save(path: Path, row: dict) -> None:
+    """``row`` into the results file ``path``, replacing an earlier row of the same run; docs redone."""
+    old = json.loads(path.read_text()) if path.is_file() else []
+    path.write_text(json.dumps([r for r in old if r["run"] != row["run"]] + [row], indent=2) + "\n")
+    docs()
+
+
+def run(folder: Path, users: int, compare: int, batch_size: int, threads: int) -> None:
+    from tqdm.auto import tqdm
+
+    from genrec.decoding.beam_search import constrained_beam_search, left_pad
+    from genrec.metrics import evaluate_rankings
+
+    rec, beams, _, targets, prompts = _load(folder, users, threads)
     out: dict[str, dict] = {}
     ranked: dict[str, list] = {}
     compare = min(compare or len(prompts), len(prompts))
@@ -98,25 +113,15 @@ def run(folder: Path, users: int, compare: int, batch_size: int, threads: int) -
         "measured": time.strftime("%Y-%m-%d"),
         **_record(),
     }
-    old = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
-    RESULTS.write_text(json.dumps([r for r in old if r["run"] != row["run"]] + [row], indent=2) + "\n")
-    docs()
+    _save(RESULTS, row)
 
 
 def order(folder: Path, users: int, rounds: int, batch_size: int, threads: int) -> None:
-    import torch
     from tqdm.auto import tqdm
 
-    from genrec.data import PreparedDataset
     from genrec.decoding.beam_search import constrained_beam_search, left_pad
-    from genrec.decoding.hf import GenerativeRecommender
-    from genrec.exported import read_settings
 
-    torch.set_num_threads(threads)
-    rec = GenerativeRecommender.from_folder(folder / "model")
-    beams = int(read_settings(folder / "model").get("num_beams") or 20)
-    _, histories, _ = PreparedDataset.load(folder / "data").split_rows("test", users, 0)
-    prompts = [rec.formatter.next_item_prompt(h) for h in histories]
+    rec, beams, histories, _, prompts = _load(folder, users, threads)
 
     def given_order() -> list[list[int]]:
         rows = []
@@ -162,9 +167,7 @@ def order(folder: Path, users: int, rounds: int, batch_size: int, threads: int) 
         **_record(),
     }
     print(row)
-    old = json.loads(ORDER_RESULTS.read_text()) if ORDER_RESULTS.is_file() else []
-    ORDER_RESULTS.write_text(json.dumps([r for r in old if r["run"] != row["run"]] + [row], indent=2) + "\n")
-    docs()
+    _save(ORDER_RESULTS, row)
 
 
 def _order_docs() -> list[str]:

@@ -213,6 +213,10 @@ class PreferenceTrainer(Trainer):
             out.append(lp.float().view(len(group), -1))
         return torch.cat(out)
 
+    def example_length(self, index: int) -> int:
+        """A preference's answers share its prompt and are batched together: its longest one."""
+        return min(max(len(ex.input_ids) for ex in self.examples[index]), self.tcfg.max_seq_len)
+
     # -- one step ----------------------------------------------------------------------------
     def train_step(self, state: TrainState) -> tuple[float, int, int, int]:
         idx = self.batch_indices(state.step, 0)

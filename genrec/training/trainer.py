@@ -284,21 +284,25 @@ class Trainer:
         perm = list(range(len(self.examples)))
         rng = random.Random(self.cfg.seed * 1000003 + epoch)
         rng.shuffle(perm)
-        # alignment's examples are preference pairs, not prompts: their batches stay shuffled
-        if self.tcfg.group_by_length and self.examples and hasattr(self.examples[0], "input_ids"):
+        if self.tcfg.group_by_length:
             perm = self._grouped_by_length(perm, rng)
         return perm
+
+    def example_length(self, index: int) -> int:
+        """Tokens that example ``index`` puts in a batch, capped at ``train.max_seq_len``: what
+        length grouping sorts by. A subclass whose examples are not single sequences says here
+        how long one is."""
+        return min(len(self.examples[index].input_ids), self.tcfg.max_seq_len)
 
     def _grouped_by_length(self, perm: list[int], rng: random.Random, megabatch: int = 50) -> list[int]:
         """``perm`` regrouped so that each batch holds examples of similar length (HF's
         ``group_by_length``): runs of ``megabatch`` batches sorted longest first, cut into
         batches again, and the batches shuffled, so an epoch still sees every example once
         and lengths do not come in order."""
-        bs, max_len = self.tcfg.batch_size * self.tcfg.grad_accum, self.tcfg.max_seq_len
-        size = lambda i: min(len(self.examples[i].input_ids), max_len)  # noqa: E731
+        bs = self.tcfg.batch_size * self.tcfg.grad_accum
         batches = []
         for start in range(0, len(perm), megabatch * bs):
-            run = sorted(perm[start : start + megabatch * bs], key=size, reverse=True)
+            run = sorted(perm[start : start + megabatch * bs], key=self.example_length, reverse=True)
             batches += [run[i : i + bs] for i in range(0, len(run), bs)]
         # a short last batch stays last, so every other batch starts at a multiple of bs
         short = batches.pop() if batches and len(batches[-1]) < bs else []
