@@ -19,12 +19,12 @@ config with only their data section (and run folder) replaced.
 that seed 0's `tokenize` fitted is that same model when early stopping ended it before its cap
 (same seed, data and settings; the cap only bounds the loop), so it is reused.
 
-``collect`` averages the seeds into rows of bench/results/results.jsonl (marked headline) and
-regenerates docs/results.md with bench/quality.py; ``--systems`` rewrites only some of the rows
-(the others stay as they are). Rows keep each seed's numbers, and ``--with-recorded`` adds a
-row's recorded seeds to those collected now: runs/ is scratch, so seeds 0 and 1 collected in one
-sitting and seed 2 in another make one three-seed row (`collect --seeds 2 --with-recorded`).
-A stage already done is skipped, so ``run`` resumes.
+``collect`` averages the seeds into rows of bench/results/results.jsonl (headline rows once
+three seeds of every test user are in) and regenerates docs/results.md with bench/quality.py;
+``--systems`` rewrites only some of the rows (the others stay as they are). Rows keep each
+seed's numbers, and ``--with-recorded`` adds a row's recorded seeds to those collected now:
+runs/ is scratch, so seeds 0 and 1 collected in one sitting and seed 2 in another make one
+three-seed row (`collect --seeds 2 --with-recorded`). A stage already done is skipped, so ``run`` resumes.
 
 ``--tag NAME --set KEY=VALUE ...`` runs a variant of the recipe beside it: its run folder,
 runs/headline-DATASET-NAME-sS, starts from the data and semantic IDs of runs/headline-DATASET-sS
@@ -216,6 +216,8 @@ def _commands(log: Path) -> list[str]:
 
 
 WHO = ("genrec", "teacher", "bar", "popularity")
+#: seeds a headline row averages (DEVELOPERS.md: all test users, 3 seeds)
+HEADLINE_SEEDS = 3
 
 
 def _sample(evaluation: dict) -> str:
@@ -332,11 +334,13 @@ def collect(
                     "cpu": _cpu(),
                     "config": described,
                     "published": False,
-                    # a row named other than the recipe (a variant, a rerun beside one) is never a headline
+                    # a row named other than the recipe (a variant, a rerun beside one) is never a
+                    # headline, nor one of fewer than three seeds (it becomes one as seeds join it)
                     "headline": who != "teacher"
                     and not tag
                     and (who != "genrec" or recipe == RECIPE)
-                    and sample == "all",
+                    and sample == "all"
+                    and (who == "popularity" or len(seeds_in) >= HEADLINE_SEEDS),
                     "command": (
                         f"python bench/headline.py bar {dataset} --seeds {command_seeds}"
                         if who == "bar"
