@@ -2,7 +2,7 @@
 
     python bench/headline.py run beauty [--seeds 0 1 2]
     python bench/headline.py bar beauty [--seeds 0 1 2]
-    python bench/headline.py collect beauty [--seeds 0 1 2]
+    python bench/headline.py collect beauty [--seeds 0 1 2] [--with-recorded]
     python bench/headline.py run beauty --tag NAME --set KEY=VALUE ... [--seeds 0 1 2] [--max-users N]
     python bench/headline.py collect beauty --tag NAME --set KEY=VALUE ... --recipe "ROW NAME"
 
@@ -19,9 +19,12 @@ config with only their data section (and run folder) replaced.
 that seed 0's `tokenize` fitted is that same model when early stopping ended it before its cap
 (same seed, data and settings; the cap only bounds the loop), so it is reused.
 
-``collect`` averages the seeds into rows of bench/results/results.jsonl (marked headline) and
-regenerates docs/results.md with bench/quality.py; ``--systems`` rewrites only some of the rows
-(the others stay as they are). A stage already done is skipped, so ``run`` resumes.
+``collect`` averages the seeds into rows of bench/results/results.jsonl (headline rows once
+three seeds of every test user are in) and regenerates docs/results.md with bench/quality.py;
+``--systems`` rewrites only some of the rows (the others stay as they are). Rows keep each
+seed's numbers, and ``--with-recorded`` adds a row's recorded seeds to those collected now:
+runs/ is scratch, so seeds 0 and 1 collected in one sitting and seed 2 in another make one
+three-seed row (`collect --seeds 2 --with-recorded`). A stage already done is skipped, so ``run`` resumes.
 
 ``--tag NAME --set KEY=VALUE ...`` runs a variant of the recipe beside it: its run folder,
 runs/headline-DATASET-NAME-sS, starts from the data and semantic IDs of runs/headline-DATASET-sS
@@ -174,11 +177,47 @@ def _commit(evals: list[dict]) -> str | None:
     return ", ".join(sorted(c[:12] + ("-dirty" if c.endswith("-dirty") else "") for c in commits)) or None
 
 
+def _metrics(evaluation: dict) -> dict:
+    return {k: evaluation[k] for k in METRICS if k in evaluation}
+
+
+def with_recorded_seeds(
+    per_seed: list[dict], key: tuple[str, str, str, str], described: str, path: Path = RESULTS
+) -> list[dict]:
+    """``per_seed`` (each seed's numbers, collected now) joined by the seeds that the recorded row
+    ``key`` (dataset, system, protocol, user sample) of ``path`` holds and these do not, sorted by
+    seed: runs/ is scratch, the results file is kept. Seeds of another config never join."""
+    fresh = {e["seed"] for e in per_seed}  # a seed collected now replaces its recorded numbers
+    recorded = [e for e in _recorded_seeds(key, described, path) if e["seed"] not in fresh]
+    return sorted(recorded + per_seed, key=lambda e: e["seed"])
+
+
+def _recorded_seeds(key: tuple[str, str, str, str], described: str, path: Path) -> list[dict]:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line) if line.strip() else None
+        if row and (row["dataset"], row["system"], row["protocol"], row["user_sample"]) == key:
+            if row["config"] != described:
+                raise SystemExit(
+                    f"the recorded row {key[1]!r} ({key[2]}) was made with {row['config']!r}, this collect with "
+                    f"{described!r}: seeds of different configs do not average; rerun its seeds or collect "
+                    "without --with-recorded"
+                )
+            if not row.get("per_seed"):
+                raise SystemExit(
+                    f"the recorded row {key[1]!r} ({key[2]}) keeps no per-seed numbers (collected before they were "
+                    "recorded): rerun its seeds, or collect without --with-recorded"
+                )
+            return row["per_seed"]
+    return []
+
+
 def _commands(log: Path) -> list[str]:
     return [line[2:] for line in log.read_text().splitlines() if line.startswith("$ ")]
 
 
 WHO = ("genrec", "teacher", "bar", "popularity")
+#: seeds a headline row averages (DEVELOPERS.md: all test users, 3 seeds)
+HEADLINE_SEEDS = 3
 
 
 def _sample(evaluation: dict) -> str:
@@ -198,11 +237,14 @@ def collect(
     note: str | None = None,
     tag: str = "",
     sets: tuple[str, ...] = (),
+    with_recorded: bool = False,
 ) -> None:
     """Rows of ``systems`` from the runs; ``recipe`` names the genrec row, ``overrides`` replaces the
     dataset's config overrides in its description (a run made with an earlier recipe says so), and
     ``note`` is added to the genrec row's notes. ``tag`` and ``sets`` name a variant's runs (``run
-    --tag --set``): only its genrec rows are written, not marked headline."""
+    --tag --set``): only its genrec rows are written, not marked headline. ``with_recorded`` adds
+    the seeds that the results file already holds for a row (its per-seed numbers) to those
+    collected now, so the seeds of one row can be run in different sittings."""
     name, data_overrides = DATASETS[dataset]
     overrides = (data_overrides if overrides is None else overrides) + list(sets)
     described = CONFIG + (" with " + " ".join(overrides) if overrides else "") + " (seed, sasrec.seed = S)"
@@ -259,8 +301,6 @@ def collect(
                     )
                     evals.append(e)
                     minutes.append(0.0)  # counting items trains nothing worth a minute
-            if who == "popularity":
-                evals, minutes = evals[:1], minutes[:1]  # deterministic: one row, whatever the seeds
             sample = evals[0].get("sample", "all")  # genrec's may be sampled; the baselines score everyone
             system = {
                 "genrec": recipe,
@@ -268,6 +308,17 @@ def collect(
                 "bar": f"SASRec-CE, converged (early stopping, {BAR_EPOCHS}-epoch cap)",
                 "popularity": "popularity",
             }[who]
+            if who == "popularity":  # deterministic: one row, whatever the seeds
+                per_seed = [{"metrics": _metrics(evals[0]), "minutes": 0.0, "commit": _commit(evals[:1])}]
+            else:
+                per_seed = [
+                    {"seed": s, "metrics": _metrics(e), "minutes": m, "commit": _commit([e]), "note": n}
+                    for s, e, m, n in zip(bar_seeds if who == "bar" else seeds, evals, minutes, notes)
+                ]
+                if with_recorded:
+                    per_seed = with_recorded_seeds(per_seed, (name, system, protocol, sample), described)
+            seeds_in = [e["seed"] for e in per_seed if "seed" in e]
+            command_seeds = " ".join(map(str, seeds_in))
             rows.append(
                 {
                     "dataset": name,
@@ -275,22 +326,25 @@ def collect(
                     "protocol": protocol,
                     "users": evals[0]["users"],
                     "user_sample": sample,
-                    "seeds": [] if who == "popularity" else bar_seeds if who == "bar" else seeds,
-                    "metrics": {k: mean_sd([e[k] for e in evals]) for k in METRICS if k in evals[0]},
-                    "minutes": mean_sd(minutes) if minutes else None,
-                    "commit": _commit(evals),
+                    "seeds": seeds_in,
+                    "metrics": {k: mean_sd([e["metrics"][k] for e in per_seed]) for k in per_seed[0]["metrics"]},
+                    "minutes": mean_sd([e["minutes"] for e in per_seed]),
+                    "commit": ", ".join(sorted({c for e in per_seed if e["commit"] for c in e["commit"].split(", ")}))
+                    or None,
                     "cpu": _cpu(),
                     "config": described,
                     "published": False,
-                    # a row named other than the recipe (a variant, a rerun beside one) is never a headline
+                    # a row named other than the recipe (a variant, a rerun beside one) is never a
+                    # headline, nor one of fewer than three seeds (it becomes one as seeds join it)
                     "headline": who != "teacher"
                     and not tag
                     and (who != "genrec" or recipe == RECIPE)
-                    and sample == "all",
+                    and sample == "all"
+                    and (who == "popularity" or len(seeds_in) >= HEADLINE_SEEDS),
                     "command": (
-                        f"python bench/headline.py bar {dataset} --seeds {' '.join(map(str, bar_seeds))}"
+                        f"python bench/headline.py bar {dataset} --seeds {command_seeds}"
                         if who == "bar"
-                        else f"python bench/headline.py run {dataset} --seeds {' '.join(map(str, seeds))}{variant}"
+                        else f"python bench/headline.py run {dataset} --seeds {command_seeds}{variant}"
                         + (f" --max-users {evals[0]['users']}" if sample != "all" else "")
                         + "\n"
                         + f"# seed {seeds[0]}, as run:\n"
@@ -307,7 +361,9 @@ def collect(
                         if who in ("teacher", "bar")
                         else []
                     )
-                    + notes,
+                    + [e["note"] for e in per_seed if "note" in e],
+                    # each seed's own numbers, so a later collect can add seeds to this row (--with-recorded)
+                    "per_seed": per_seed if who != "popularity" else [],
                     "runs": [],
                 }
             )
@@ -332,6 +388,11 @@ def main() -> None:
             a.add_argument("--recipe", default=RECIPE, help="the genrec row's name")
             a.add_argument("--overrides", nargs="*", help="the config overrides the runs were made with")
             a.add_argument("--note", help="a note for the genrec row")
+            a.add_argument(
+                "--with-recorded",
+                action="store_true",
+                help="add the seeds the results file already holds for each row (same config) to these",
+            )
         if verb == "run":
             a.add_argument(
                 "--max-users", type=int, default=0, help="evaluate genrec on this many sampled test users (0: all)"
@@ -355,6 +416,7 @@ def main() -> None:
             args.note,
             args.tag,
             tuple(args.set),
+            args.with_recorded,
         )
     elif args.what == "run":
         run(args.dataset, args.seeds, args.tag, tuple(args.set), args.max_users)

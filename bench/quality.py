@@ -94,6 +94,9 @@ FIELDS = {
     "notes": list,
     "runs": list,
 }
+#: Fields a row may leave out: ``per_seed``, each seed's own metrics, minutes, commit and note
+#: (bench/headline.py writes it, so a later collect can add seeds to the row).
+OPTIONAL_FIELDS = {"per_seed": list}
 
 #: What each dataset is (section text); a dataset without an entry gets its name only.
 DATASETS = {
@@ -158,7 +161,13 @@ def validate(row: dict, where: str) -> dict:
             raise RowError(f"{where}: missing field {name!r}")
         if not isinstance(row[name], typ):
             raise RowError(f"{where}: field {name!r} has the wrong type ({type(row[name]).__name__})")
-    extra = set(row) - set(FIELDS)
+    for name, typ in OPTIONAL_FIELDS.items():
+        if name in row and not isinstance(row[name], typ):
+            raise RowError(f"{where}: field {name!r} has the wrong type ({type(row[name]).__name__})")
+    per_seed = [e.get("seed") for e in row.get("per_seed") or []]
+    if per_seed and per_seed != row["seeds"]:
+        raise RowError(f"{where}: per_seed holds seeds {per_seed}, the row's seeds are {row['seeds']}")
+    extra = set(row) - set(FIELDS) - set(OPTIONAL_FIELDS)
     if extra:
         raise RowError(f"{where}: unknown field(s) {sorted(extra)}")
     if row["protocol"] not in PROTOCOLS:

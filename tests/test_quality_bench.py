@@ -109,3 +109,31 @@ def test_a_sampled_evaluation_is_named_and_never_headline():
     row = {**_first_measured_row(), "user_sample": headline._sample(sampled), "users": 4000, "headline": False}
     quality.validate(row, "row")
     assert "sampled" in quality.fmt_users(row)
+
+
+def test_a_row_gains_seeds_collected_in_a_later_sitting(tmp_path):
+    """runs/ is scratch: `headline.py collect --with-recorded` joins the seeds a row already holds
+    (its per_seed numbers) to the seeds collected now, for the same config only."""
+    import headline  # noqa: PLC0415  (bench/ is scripts, not a package)
+
+    def seed(s: int, ndcg: float) -> dict:
+        return {"seed": s, "metrics": {"ndcg@10": ndcg}, "minutes": 90.0, "commit": f"c{s}", "note": f"seed {s}"}
+
+    row = {**_first_measured_row(), "seeds": [0, 1], "per_seed": [seed(0, 0.04), seed(1, 0.05)]}
+    quality.validate(row, "row")  # per_seed is a known field
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    key = (row["dataset"], row["system"], row["protocol"], row["user_sample"])
+
+    merged = headline.with_recorded_seeds([seed(2, 0.06)], key, row["config"], path)
+    assert [e["seed"] for e in merged] == [0, 1, 2]
+    again = headline.with_recorded_seeds([seed(1, 0.07)], key, row["config"], path)
+    assert [e["metrics"]["ndcg@10"] for e in again] == [0.04, 0.07]  # a seed collected now replaces its record
+    assert headline.with_recorded_seeds([seed(0, 0.1)], ("X", *key[1:]), row["config"], path) == [seed(0, 0.1)]
+    with pytest.raises(SystemExit, match="seeds of different configs do not average"):
+        headline.with_recorded_seeds([seed(2, 0.06)], key, row["config"] + " with x=1", path)
+    path.write_text(json.dumps({**row, "per_seed": []}) + "\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="keeps no per-seed numbers"):
+        headline.with_recorded_seeds([seed(2, 0.06)], key, row["config"], path)
+    with pytest.raises(quality.RowError, match="per_seed holds seeds"):
+        quality.validate({**row, "seeds": [0, 1, 2]}, "row")
