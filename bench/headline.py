@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import mean_sd, merge_rows  # noqa: E402
+from quality import load_rows, mean_sd, merge_rows  # noqa: E402
 from serving import _cpu  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,9 +193,8 @@ def with_recorded_seeds(
 
 
 def _recorded_seeds(key: tuple[str, str, str, str], described: str, path: Path) -> list[dict]:
-    for line in path.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line) if line.strip() else None
-        if row and (row["dataset"], row["system"], row["protocol"], row["user_sample"]) == key:
+    for row in load_rows(path):
+        if (row["dataset"], row["system"], row["protocol"], row["user_sample"]) == key:
             if row["config"] != described:
                 raise SystemExit(
                     f"the recorded row {key[1]!r} ({key[2]}) was made with {row['config']!r}, this collect with "
