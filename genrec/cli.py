@@ -207,8 +207,8 @@ def recommend(
         )
         rec.close()
     else:
-        rec = GenerativeRecommender.from_folder(run / "model")
-        with autocast(not fp32):
+        rec = GenerativeRecommender.from_folder(run / "model", device=ecfg.device)
+        with autocast(not fp32, rec.device):
             ranked = rec.recommend(
                 histories, k=k, num_beams=num_beams, exclude=exclude, batch_size=batch_size, progress=True
             )
@@ -297,6 +297,7 @@ def evaluate(
         bf16=bf16,
         exclude_seen=exclude_seen,
         new_item_slots=ecfg.new_item_slots if new_item_slots is None else new_item_slots,
+        device=ecfg.device,
     )
     typer.echo(f"{split} split, {result['users']} users, beam {num_beams}, {result['protocol']}:")
     typer.echo(format_table(result))

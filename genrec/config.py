@@ -41,18 +41,31 @@ def _f(
     le: float | None = None,
     hash: bool = True,
     why: str = "",
+    pattern: str | None = None,
 ) -> Any:
-    """A documented config field; ``ge``/``gt``/``lt``/``le`` bound numbers (checked at load),
-    ``hash=False`` keeps it out of :func:`config_hash`, ``why`` explains a bound in its error."""
+    """A documented config field; ``ge``/``gt``/``lt``/``le`` bound numbers and ``pattern`` (a regular
+    expression the whole value matches) bounds strings, checked at load; ``hash=False`` keeps it out
+    of :func:`config_hash`, ``why`` explains a bound in its error."""
     meta = {
         "help": help,
         "hash": hash,
         "why": why,
-        **{k: v for k, v in (("ge", ge), ("gt", gt), ("lt", lt), ("le", le)) if v is not None},
+        **{k: v for k, v in (("ge", ge), ("gt", gt), ("lt", lt), ("le", le), ("pattern", pattern)) if v is not None},
     }
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def _device_field(what: str) -> Any:
+    """A section's ``device`` field (:func:`genrec.precision.compute_device` reads it); no part of the hash."""
+    return _f(
+        "auto",
+        f"Where {what}: auto (the GPU where torch sees one, else the CPU), cpu, cuda or cuda:N.",
+        hash=False,
+        pattern=r"auto|cpu|cuda(:\d+)?",
+        why="auto, cpu, cuda or cuda:N",
+    )
 
 
 class _Section:
@@ -434,6 +447,7 @@ class TrainConfig(_Section):
         ge=0,
         hash=False,
     )
+    device: str = _device_field("training, its validation and its teacher run")
 
 
 @dataclass
@@ -514,6 +528,7 @@ class EvalConfig(_Section):
         "alone almost never reach an item the model was never trained on.",
         ge=0,
     )
+    device: str = _device_field("`genrec evaluate` and `genrec recommend` decode")
 
 
 @dataclass
@@ -537,6 +552,7 @@ class SASRecConfig(_Section):
     eval_users: int = _f(0, "Validation users sampled (0 = all).", ge=0)
     seed: int = _f(0, "Seed of initialisation, dropout and shuffling.")
     num_threads: int = _f(2, "torch CPU threads.", ge=1, hash=False)
+    device: str = _device_field("the SASRec fit and its scoring run")
 
 
 @dataclass
@@ -741,6 +757,9 @@ def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
 
 
 def _check_bounds(value: Any, meta: Any, key: str, source: str) -> None:
+    if isinstance(value, str) and "pattern" in meta and not re.fullmatch(meta["pattern"], value):
+        wanted = meta["why"] or f"a value matching {meta['pattern']}"
+        raise InputError(f"{key} is {value!r} (in {source})", f"use {wanted}")
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     why = f"; {meta['why']}" if meta.get("why") else ""

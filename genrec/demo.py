@@ -159,8 +159,8 @@ def _evaluate(cfg: GenrecConfig, run: Path, sasrec) -> dict:
     e = cfg.eval
     dataset = PreparedDataset.load(run / "data")
     evaluator = Evaluator(dataset, "test", e.max_users, cfg.seed, e.exclude_seen, e.top_k)
-    genrec = GenerativeRecommender.from_folder(run / "model")
-    with autocast(use_bf16(e.bf16)):
+    genrec = GenerativeRecommender.from_folder(run / "model", device=e.device)
+    with autocast(use_bf16(e.bf16, genrec.device), genrec.device):
         model = evaluator.evaluate(genrec, progress=True, num_beams=e.num_beams, batch_size=e.batch_size)
     systems = {
         "genrec": model,

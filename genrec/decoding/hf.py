@@ -17,6 +17,7 @@ from genrec.decoding.beam_search import Softmax, constrained_beam_search, left_p
 from genrec.decoding.sampling import DistinctDraws, Sampling, constrained_sample
 from genrec.errors import InputError
 from genrec.exported import ExportedModel
+from genrec.precision import compute_device
 from genrec.prompts import PromptFormatter
 from genrec.recommender import Recommendation
 from genrec.tokenization.catalog import Catalog
@@ -41,10 +42,17 @@ class GenerativeRecommender:
         self.trie = trie or ItemTrie(self.catalog.token_ids(tok), vocab_size=len(tok))
 
     @classmethod
-    def from_folder(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> "GenerativeRecommender":
-        """Load an exported model folder (RUN/model)."""
+    def from_folder(
+        cls, folder: str | Path, dtype: torch.dtype = torch.float32, device: str = "auto"
+    ) -> "GenerativeRecommender":
+        """Load an exported model folder (RUN/model) onto ``device`` (see :func:`genrec.precision.compute_device`)."""
         exported = ExportedModel.load(folder, dtype=dtype)
-        return cls(exported.model, exported.formatter, exported.trie)
+        return cls(exported.model.to(compute_device(device)), exported.formatter, exported.trie)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs; prompts are moved there, rankings come back to the CPU."""
+        return next(self.model.parameters()).device
 
     def recommend(
         self,
@@ -100,7 +108,7 @@ class GenerativeRecommender:
         for start in range(0, n, batch_size):
             users = order[start : start + batch_size]
             batch_prompts = [all_prompts[u] for u in users]
-            ids, mask = left_pad(batch_prompts, self.pad_id)
+            ids, mask = (t.to(self.device) for t in left_pad(batch_prompts, self.pad_id))
             banned = self._banned(exclude, allow, users) if exclude is not None or allow is not None else None
             exclusion = self.trie.exclusion([sorted(b) for b in banned]) if banned is not None else None
             ranked = constrained_beam_search(
@@ -134,7 +142,7 @@ class GenerativeRecommender:
             generator.seed()
         else:
             generator.manual_seed(sampling.seed)
-        ids, mask = left_pad([list(prompt)], self.pad_id)
+        ids, mask = (t.to(self.device) for t in left_pad([list(prompt)], self.pad_id))
         allow_rows = None if allow is None else [list(allow)]
         draws = DistinctDraws(k, exclude or ())
         while not draws.done:
@@ -163,11 +171,11 @@ class GenerativeRecommender:
 
     def _next_logprobs(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
         """Log-probabilities of the next token after each prompt: ``(len(prompts), vocab)``."""
-        ids, mask = left_pad(prompts, self.pad_id)
+        ids, mask = (t.to(self.device) for t in left_pad(prompts, self.pad_id))
         logits = self.model(
             input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=1
         ).logits
-        return torch.log_softmax(logits[:, -1].float(), dim=-1)
+        return torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
 
     def _with_new_items(self, ranked, prompts, new_items, slots: int, k: int, banned: list[set[int]]) -> list:
         """Each row's ranking with its last ``slots`` places given to the best-scored new items."""

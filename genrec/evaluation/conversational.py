@@ -45,9 +45,9 @@ def evaluate_conversational(
 ) -> dict:
     """Recall/NDCG of ID prompts vs the same histories given as text; written to RUN/eval."""
     run = Path(run_dir)
-    bf16 = use_bf16(bf16)
     dataset = PreparedDataset.load(run / "data")
     rec = GenerativeRecommender.from_folder(run / "model")
+    bf16 = use_bf16(bf16, rec.device)
     fmt, catalog = rec.formatter, rec.catalog
     users, histories, targets = split_rows(dataset, split, max_users, seed)
     shown = [list(h)[-min(fmt.max_history, CONVERSATION_ITEMS) :] for h in histories]
@@ -81,7 +81,7 @@ def evaluate_conversational(
     }
     for name, plist in prompts.items():
         t0 = time.perf_counter()
-        with autocast(bf16):
+        with autocast(bf16, rec.device):
             ranked = rec.recommend(
                 [], k=k, num_beams=num_beams, batch_size=batch_size, prompts=plist, progress=progress
             )

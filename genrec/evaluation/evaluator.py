@@ -133,25 +133,26 @@ def evaluate_run(
     exclude_seen: bool = False,
     progress: bool = True,
     new_item_slots: int = 0,
+    device: str = "auto",
 ) -> dict:
     """Metrics of RUN/model and of the popularity baseline on ``split``; written to RUN/eval/SPLIT.json.
 
     With ``exclude_seen`` the files are ``SPLIT_xseen.json`` (both protocols can sit side by side).
     Under the cold-start protocol, ``new_item_slots`` places of each list go to the held-out items
     (see :meth:`~genrec.decoding.hf.GenerativeRecommender.recommend`); the file name then ends
-    in ``_newN``.
+    in ``_newN``. ``device`` is where the model decodes (:func:`genrec.precision.compute_device`).
     """
     from genrec.decoding.hf import GenerativeRecommender
     from genrec.models.popularity import PopularityRecommender
     from genrec.precision import autocast, use_bf16
 
     run = Path(run_dir)
-    bf16 = use_bf16(bf16)  # what the result records is what ran
     dataset = PreparedDataset.load(run / "data")
     evaluator = Evaluator(dataset, split, max_users, seed, exclude_seen, k)
-    rec = GenerativeRecommender.from_folder(run / "model")
+    rec = GenerativeRecommender.from_folder(run / "model", device=device)
+    bf16 = use_bf16(bf16, rec.device)  # what the result records is what ran
     new = {"new_items": dataset.cold_rows(), "new_item_slots": new_item_slots} if new_item_slots else {}
-    with autocast(bf16):
+    with autocast(bf16, rec.device):
         model = evaluator.evaluate(rec, progress=progress, num_beams=num_beams, batch_size=batch_size, **new)
     pop = evaluator.evaluate(PopularityRecommender(rec.catalog).fit(dataset.train_rows(), dataset.n_items))
     pop.metrics.pop("seconds_per_user", None)
@@ -159,6 +160,7 @@ def evaluate_run(
         **model.info,
         "num_beams": num_beams,
         "bf16": bf16,
+        "device": rec.device.type,
         "new_item_slots": new_item_slots,
         "genrec": {**model.metrics, **model.groups},
         "popularity": {**pop.metrics, **pop.groups},

@@ -144,9 +144,9 @@ def evaluate_requests(
 ) -> dict:
     """Recall/NDCG of every system on both request forms; written to RUN/eval/SPLIT_requests.json."""
     run = Path(run_dir)
-    bf16 = use_bf16(bf16)
     dataset = PreparedDataset.load(run / "data")
     rec = GenerativeRecommender.from_folder(run / "model")
+    bf16 = use_bf16(bf16, rec.device)
     fmt, catalog = rec.formatter, rec.catalog
     users, histories, targets = dataset.split_rows(split, 0, seed)
     requests = build_requests(dataset, fmt, histories, targets, max_users, seed)
@@ -186,7 +186,7 @@ def evaluate_requests(
         for name in SYSTEMS:
             t0 = time.perf_counter()
             if name in prompts:
-                with autocast(bf16):
+                with autocast(bf16, rec.device):
                     ranked = rec.recommend(
                         [], k=k, num_beams=num_beams, batch_size=batch_size, prompts=prompts[name], progress=progress
                     )

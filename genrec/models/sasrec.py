@@ -31,6 +31,7 @@ from genrec.config import SASRecConfig
 from genrec.data import PreparedDataset
 from genrec.errors import InputError
 from genrec.metrics import evaluate_rankings
+from genrec.precision import compute_device
 from genrec.recommender import Recommendation, ranked_indices, top_k_by_score
 
 _WEIGHTS, _META = "model.pt", "sasrec.json"
@@ -151,16 +152,17 @@ class SASRecRecommender:
         cfg = self.config
         torch.set_num_threads(cfg.num_threads)
         torch.manual_seed(cfg.seed)
-        gen = torch.Generator().manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)  # the shuffle, on the CPU wherever the model runs
         self.n_items = dataset.n_items
-        self.model = SASRec(self.n_items, cfg)
+        self.model = SASRec(self.n_items, cfg).to(compute_device(cfg.device))
         train = self._training_sequences(dataset)
         _, v_hist, v_targets = dataset.split_rows("valid", cfg.eval_users, cfg.seed)
         opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
         n_batches = math.ceil(len(train) / cfg.batch_size)
         logger.info(
-            "SASRec: %d training sequences, %d items, %d batches of %d per epoch, at most %d epochs "
+            "SASRec on %s: %d training sequences, %d items, %d batches of %d per epoch, at most %d epochs "
             "(%d batches); validation NDCG@10 on %d users every %d epoch(s), stop after %d without gain",
+            self.device,
             len(train),
             self.n_items,
             n_batches,
@@ -228,7 +230,7 @@ class SASRecRecommender:
         self.model.train()
         total, steps = 0.0, 0
         for b in torch.randperm(len(train), generator=gen).split(cfg.batch_size):
-            batch = _left_pad([train[i] for i in b.tolist()], cfg.max_len + 1)
+            batch = _left_pad([train[i] for i in b.tolist()], cfg.max_len + 1).to(self.device)
             inp, labels = batch[:, :-1], batch[:, 1:]
             h = self.model(inp)
             keep = labels > 0  # score only real next items: no padding rows in the softmax
@@ -250,10 +252,10 @@ class SASRecRecommender:
             raise InputError("SASRec model is not trained", "call fit() or SASRecRecommender.load() first")
         was_training = self.model.training
         self.model.eval()
-        seq = _left_pad([[i + 1 for i in h] for h in histories], self.config.max_len)
+        seq = _left_pad([[i + 1 for i in h] for h in histories], self.config.max_len).to(self.device)
         out = self.model.logits(self.model(seq)[:, -1])  # newest position
         self.model.train(was_training)
-        return out
+        return out.cpu()
 
     def item_table(self) -> torch.Tensor:
         """float32 ``(n_items, hidden)``: each catalog row's item vector, the tied input and output table.
@@ -263,7 +265,12 @@ class SASRecRecommender:
         """
         if self.model is None:
             raise InputError("SASRec model is not trained", "call fit() or SASRecRecommender.load() first")
-        return self.model.item_emb.weight[1:].detach().float().clone()
+        return self.model.item_emb.weight[1:].detach().float().cpu().clone()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (the CPU before :meth:`fit` or :meth:`load`)."""
+        return self.model.item_emb.weight.device if self.model is not None else torch.device("cpu")
 
     def recommend(
         self,
@@ -289,9 +296,10 @@ class SASRecRecommender:
             raise InputError("SASRec model is not trained", "call fit() before save()")
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
-        torch.save(self.model.state_dict(), out / _WEIGHTS)
+        torch.save({k: v.cpu() for k, v in self.model.state_dict().items()}, out / _WEIGHTS)
         meta = {
-            "config": asdict(self.config),
+            # where it was fitted is no setting of the model: load() puts it where the loader runs
+            "config": {k: v for k, v in asdict(self.config).items() if k != "device"},
             "n_items": self.n_items,
             "seed": self.config.seed,
             "best_epoch": self.best_epoch,
@@ -303,13 +311,13 @@ class SASRecRecommender:
         (out / _META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
-    def load(cls, folder: str | Path) -> "SASRecRecommender":
-        """A recommender from what :meth:`save` wrote."""
+    def load(cls, folder: str | Path, device: str = "auto") -> "SASRecRecommender":
+        """A recommender from what :meth:`save` wrote, on ``device`` (see :func:`genrec.precision.compute_device`)."""
         folder = Path(folder)
         if not (folder / _META).is_file() or not (folder / _WEIGHTS).is_file():
             raise InputError(f"{folder} holds no saved SASRec model", "train one with run_sasrec first")
         meta = json.loads((folder / _META).read_text(encoding="utf-8"))
-        rec = cls(SASRecConfig(**meta["config"]))
+        rec = cls(SASRecConfig(**{**meta["config"], "device": device}))
         rec.n_items, rec.best_epoch = int(meta["n_items"]), int(meta.get("best_epoch", 0))
         rec.best_valid_ndcg = float(meta.get("best_valid_ndcg@10", 0.0))
         rec.train_seconds = float(meta.get("train_seconds", 0.0))
@@ -318,7 +326,7 @@ class SASRecRecommender:
         rec.loaded_from = folder
         rec.model = SASRec(rec.n_items, rec.config)
         rec.model.load_state_dict(torch.load(folder / _WEIGHTS, map_location="cpu", weights_only=True))
-        rec.model.eval()
+        rec.model.to(compute_device(device)).eval()
         return rec
 
 
@@ -340,16 +348,22 @@ class SASRecEnsemble:
         self.max_len = min(m.config.max_len for m in members)  # what every member can read
 
     @classmethod
-    def load(cls, folders: Sequence[str | Path], catalog=None) -> "SASRecEnsemble":
-        """An ensemble of the SASRec models saved in ``folders``."""
-        return cls([SASRecRecommender.load(f) for f in folders], catalog)
+    def load(cls, folders: Sequence[str | Path], catalog=None, device: str = "auto") -> "SASRecEnsemble":
+        """An ensemble of the SASRec models saved in ``folders``, on ``device``."""
+        return cls([SASRecRecommender.load(f, device) for f in folders], catalog)
+
+    @property
+    def device(self) -> torch.device:
+        return self.members[0].device
 
     @torch.no_grad()
     def item_probs(
         self, seq: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, temperature: float = 1.0
     ) -> torch.Tensor:
-        """The members' mean item softmax at ``seq[rows, pos]`` (left-padded model indices, catalog row + 1)."""
+        """The members' mean item softmax at ``seq[rows, pos]`` (left-padded model indices, catalog row + 1),
+        on the members' device."""
         total = 0
+        seq, rows, pos = seq.to(self.device), rows.to(self.device), pos.to(self.device)
         for m in self.members:
             total = total + torch.softmax(m.model.logits(m.model(seq)[rows, pos]).float() / temperature, dim=-1)
         return total / len(self.members)
@@ -358,7 +372,7 @@ class SASRecEnsemble:
         """(users, n_items) log mean probability of every catalog row after each history."""
         seq = _left_pad([[i + 1 for i in h] for h in histories], self.max_len)
         newest = torch.full((len(seq),), seq.shape[1] - 1)
-        return self.item_probs(seq, torch.arange(len(seq)), newest).clamp_min(1e-30).log()
+        return self.item_probs(seq, torch.arange(len(seq)), newest).clamp_min(1e-30).log().cpu()
 
     def recommend(
         self,

@@ -349,12 +349,12 @@ def collaborative_embeddings(
 
 def sasrec_cache_key(dataset, config) -> str:
     """Content hash of what a SASRec fit depends on: every user's items (valid targets pick its
-    epoch), the item order, and its settings (but the thread count)."""
+    epoch), the item order, and its settings (but the thread count and the device)."""
     from dataclasses import asdict
 
     h = hashlib.sha256()
     h.update(f"genrec-sasrec-vectors-v{CACHE_VERSION}\n".encode())
-    settings = {k: v for k, v in asdict(config).items() if k != "num_threads"}
+    settings = {k: v for k, v in asdict(config).items() if k not in ("num_threads", "device")}
     h.update(json.dumps(settings, sort_keys=True).encode())
     h.update("\x1e".join(map(str, dataset.items["item_id"])).encode())
     for items in dataset.sequences["items"]:
@@ -384,7 +384,7 @@ def sasrec_embeddings(
 
     cached = Path(cache_dir) / f"sasrec-{sasrec_cache_key(dataset, config)}" if cache_dir is not None else None
     if cached is not None and (cached / "sasrec.json").is_file():
-        rec = SASRecRecommender.load(cached)
+        rec = SASRecRecommender.load(cached, config.device)
         logger.info(
             "SASRec item vectors: the fit cached in %s (seed %d, best epoch %d of %d, %.0f s to train)",
             cached,

@@ -45,7 +45,7 @@ from genrec.precision import autocast, use_bf16
 from genrec.prompts import IGNORE_INDEX, Example
 from genrec.runs import file_hashes
 from genrec.training.checkpoint import CheckpointStore, TrainState
-from genrec.training.losses import answer_logprobs, collate, sdpo_loss
+from genrec.training.losses import answer_logprobs, collate, sdpo_loss, to_device
 from genrec.training.setup import _add_lora, add_dropout
 from genrec.training.trainer import Trainer, TrainerCallback
 
@@ -123,12 +123,13 @@ class PreferenceTrainer(Trainer):
         if self.tcfg.num_threads:
             torch.set_num_threads(self.tcfg.num_threads)
         torch.manual_seed(self.cfg.seed)
-        self.bf16 = use_bf16(self.tcfg.bf16)
+        self.device = self.training_device()
+        self.bf16 = use_bf16(self.tcfg.bf16, self.device)
         start = self._start_model()
         self.tokenizer, self.formatter, self.trie = start.tokenizer, start.formatter, start.trie
         self.code_ids = sorted(start.settings.get("code_token_ids") or self.formatter.code_token_ids)
-        self.code_id_tensor = torch.tensor(self.code_ids, dtype=torch.long)
-        model = start.model
+        self.code_id_tensor = torch.tensor(self.code_ids, dtype=torch.long, device=self.device)
+        model = start.model.to(self.device)
         self.preferences = self._preferences(GenerativeRecommender(model, self.formatter, self.trie))
         if self.tcfg.finetune == "full":
             for p in model.parameters():
@@ -163,7 +164,7 @@ class PreferenceTrainer(Trainer):
         histories = [row[:-1] for _, row in rows]
         chosen = [row[-1] for _, row in rows]
         k = min(a.num_beams, a.negatives + 1)
-        with autocast(self.bf16 and self.cfg.eval.bf16):
+        with autocast(self.bf16 and self.cfg.eval.bf16, self.device):
             ranked = rec.recommend(
                 histories,
                 k=k,
@@ -207,11 +208,16 @@ class PreferenceTrainer(Trainer):
         bs = max(1, self.tcfg.batch_size)
         for start in tqdm(range(0, len(examples), bs), desc="reference", disable=not self.progress):
             group = examples[start : start + bs]
-            batch = collate([ex for pref in group for ex in pref], self.pad_id, self.tcfg.max_seq_len)
-            with autocast(self.bf16):
+            batch = self._batch(group)
+            with autocast(self.bf16, self.device):
                 lp = answer_logprobs(model, batch)
-            out.append(lp.float().view(len(group), -1))
+            out.append(lp.float().view(len(group), -1).cpu())
         return torch.cat(out)
+
+    def _batch(self, group: list[list[Example]]) -> dict:
+        """Every answer of the preferences in ``group``, collated on the training device."""
+        answers = [ex for pref in group for ex in pref]
+        return to_device(collate(answers, self.pad_id, self.tcfg.max_seq_len), self.device)
 
     def example_length(self, index: int) -> int:
         """A preference's answers share its prompt and are batched together: its longest one."""
@@ -221,10 +227,10 @@ class PreferenceTrainer(Trainer):
     def train_step(self, state: TrainState) -> tuple[float, int, int, int]:
         idx = self.batch_indices(state.step, 0)
         group = [self.examples[i] for i in idx]
-        batch = collate([ex for pref in group for ex in pref], self.pad_id, self.tcfg.max_seq_len)
-        with autocast(self.bf16):
+        batch = self._batch(group)
+        with autocast(self.bf16, self.device):
             policy = answer_logprobs(self.forward_model, batch).view(len(group), -1)
-        reference = self.preferences["reference"][idx]
+        reference = self.preferences["reference"][idx].to(self.device)
         loss = self.acfg.preference_weight * sdpo_loss(policy, reference, self.acfg.beta)
         if self.acfg.sft_weight > 0:
             answer_tokens = (batch["labels"] != IGNORE_INDEX).sum(-1).view(len(group), -1)[:, 0]

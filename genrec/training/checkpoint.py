@@ -87,7 +87,7 @@ class CheckpointStore:
                 f"{self.folder} holds a checkpoint made with a different config",
                 f"use the same config to resume, or delete {self.folder / 'checkpoint'} (or pick a new run_dir)",
             )
-        blob = torch.load(ck / "checkpoint.pt", weights_only=False)
+        blob = torch.load(ck / "checkpoint.pt", map_location="cpu", weights_only=False)  # resumes on any device
         load_trainable_state(model, blob["weights"])
         optimizer.load_state_dict(blob["optimizer"])
         scheduler.load_state_dict(blob["scheduler"])
@@ -103,5 +103,5 @@ class CheckpointStore:
         path = self.folder / "best" / "weights.pt"
         if not path.is_file():
             return False
-        load_trainable_state(model, torch.load(path))
+        load_trainable_state(model, torch.load(path, map_location="cpu"))
         return True

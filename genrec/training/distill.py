@@ -81,6 +81,7 @@ class SASRecTeacher:
         mask_seen: give no mass to the items shown before the one predicted (other than that
             item itself), renormalising the rest: the teacher then ranks as it does with seen
             items excluded (``train.distill_mask_seen``).
+        device: where the teacher runs and its targets are made (the student's device).
     """
 
     def __init__(
@@ -91,13 +92,15 @@ class SASRecTeacher:
         code_ids: torch.Tensor,
         temperature: float = 1.0,
         mask_seen: bool = False,
+        device: str | torch.device = "cpu",
     ):
         from genrec.models.sasrec import SASRecEnsemble
 
         if temperature <= 0:
             raise InputError(f"train.distill_temperature is {temperature}", "use a positive value such as 1.0")
         folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
-        self.ensemble = SASRecEnsemble.load(folders)
+        self.device = torch.device(device)
+        self.ensemble = SASRecEnsemble.load(folders, device=str(self.device))
         if self.ensemble.n_items != len(catalog):
             raise InputError(
                 f"the SASRec in {folders[0]} scores {self.ensemble.n_items} items, the catalog has {len(catalog)}",
@@ -110,7 +113,7 @@ class SASRecTeacher:
         self.temperature = temperature
         self.depth = catalog.depth
         self.n_items = len(catalog)
-        self.codes = torch.as_tensor(np.asarray(catalog.codes), dtype=torch.long)
+        self.codes = torch.as_tensor(np.asarray(catalog.codes), dtype=torch.long, device=self.device)
         self.level_sizes = list(catalog.level_sizes)
         # column of (level, code) among code_ids: the student's code-logit columns
         self.n_cols = len(code_ids)
@@ -123,7 +126,7 @@ class SASRecTeacher:
                     "the student's code rows do not cover the catalog's code tokens",
                     "build the model with build_model for this catalog",
                 )
-            self.col.append(col)
+            self.col.append(col.to(self.device))
         # level l > 0: the items under each l-code prefix (padded with n_items, a zero-probability column)
         self.group_of, self.members = [None], [None]
         for level in range(1, self.depth):
@@ -135,8 +138,8 @@ class SASRecTeacher:
             rank = torch.arange(len(group)) - starts[group[order]]
             members = torch.full((len(sizes), int(sizes.max())), self.n_items, dtype=torch.long)
             members[group[order], rank] = order
-            self.group_of.append(group)
-            self.members.append(members)
+            self.group_of.append(group.to(self.device))
+            self.members.append(members.to(self.device))
 
     # -- slots ---------------------------------------------------------------------------------
     def slots(
@@ -176,8 +179,8 @@ class SASRecTeacher:
         """
         pairs = sorted({(r, j) for r, sl in enumerate(slots) for _, j, _ in sl})
         if not pairs:
-            empty = torch.zeros(0, dtype=torch.long)
-            return empty, empty, torch.zeros(0, self.n_cols)
+            empty = torch.zeros(0, dtype=torch.long, device=self.device)
+            return empty, empty, torch.zeros(0, self.n_cols, device=self.device)
         # one causal pass per example over its items before the last: the state after item j-1
         # predicts item j
         ctx = [list(items[r])[:-1] for r in range(len(items))]
@@ -197,25 +200,26 @@ class SASRecTeacher:
                 "distill from a SASRec with sasrec.max_len >= data.max_history",
             )
         probs = self.ensemble.item_probs(seq, rows, pos, self.temperature)
-        target = torch.tensor([items[r][j] for r, j in pairs])
+        target = torch.tensor([items[r][j] for r, j in pairs], device=self.device)
         if self.mask_seen:
             # the items shown before item j get no teacher mass, except item j itself (a repeat)
             hit = [(n, i) for n, (r, j) in enumerate(pairs) for i in set(items[r][:j]) - {items[r][j]}]
             if hit:
-                at = torch.tensor(hit)
+                at = torch.tensor(hit, device=self.device)
                 probs[at[:, 0], at[:, 1]] = 0.0
                 probs = probs / probs.sum(1, keepdim=True).clamp_min(1e-12)
         # per level, the distribution over that level's codes, for every (example, item) pair
         per_level = []
         M = len(pairs)
-        level0 = torch.zeros(M, self.level_sizes[0]).scatter_add_(1, self.codes[:, 0].expand(M, -1), probs)
+        level0 = torch.zeros(M, self.level_sizes[0], device=self.device)
+        level0.scatter_add_(1, self.codes[:, 0].expand(M, -1), probs)
         per_level.append(level0)
-        padded = torch.cat([probs, torch.zeros(M, 1)], dim=1)
-        codes_pad = torch.cat([self.codes, torch.zeros(1, self.depth, dtype=torch.long)], dim=0)
+        padded = torch.cat([probs, probs.new_zeros(M, 1)], dim=1)
+        codes_pad = torch.cat([self.codes, self.codes.new_zeros(1, self.depth)], dim=0)
         for level in range(1, self.depth):
             members = self.members[level][self.group_of[level][target]]  # (M, G)
             mass = padded.gather(1, members)
-            dist = torch.zeros(M, self.level_sizes[level]).scatter_add_(1, codes_pad[members, level], mass)
+            dist = probs.new_zeros(M, self.level_sizes[level]).scatter_add_(1, codes_pad[members, level], mass)
             per_level.append(dist / dist.sum(1, keepdim=True).clamp_min(1e-12))
         out_rows, out_pos, out = [], [], []
         for r, sl in enumerate(slots):
@@ -223,10 +227,10 @@ class SASRecTeacher:
                 out_rows.append(r)
                 out_pos.append(p)
                 out.append((pair_index[(r, j)], level))
-        dists = torch.zeros(len(out), self.n_cols)
+        dists = probs.new_zeros(len(out), self.n_cols)
         for level in range(self.depth):
             idx = [n for n, (_, lv) in enumerate(out) if lv == level]
             if idx:
-                src = per_level[level][[out[n][0] for n in idx]]
-                dists[torch.tensor(idx)[:, None], self.col[level][None, :]] = src
-        return torch.tensor(out_rows), torch.tensor(out_pos), dists
+                src = per_level[level][torch.tensor([out[n][0] for n in idx], device=self.device)]
+                dists[torch.tensor(idx, device=self.device)[:, None], self.col[level][None, :]] = src
+        return torch.tensor(out_rows, device=self.device), torch.tensor(out_pos, device=self.device), dists

@@ -45,6 +45,19 @@ def collate(examples: list[Example], pad_id: int, max_len: int) -> dict[str, tor
     return batch
 
 
+def to_device(batch: dict, device: torch.device) -> dict:
+    """``batch`` with its tensors (also those inside tuples, as ``distill``) on ``device``."""
+
+    def move(value):
+        if isinstance(value, torch.Tensor):
+            return value.to(device, non_blocking=True)
+        if isinstance(value, tuple):
+            return tuple(move(v) for v in value)
+        return value
+
+    return {key: move(value) for key, value in batch.items()}
+
+
 def _left_padded_labels(rows: list[list[int]], width: int) -> torch.Tensor:
     out = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     for r, lab in enumerate(rows):

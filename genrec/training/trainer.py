@@ -3,6 +3,7 @@
 Fast on a 2-core CPU by design:
 
 * bf16 autocast over fp32 master weights where the CPU runs bf16 natively (:mod:`genrec.precision`);
+  on a GPU (``train.device: auto`` finds it) the model, its batches and the teacher move there;
 * left padding, so the loss needs logits only at the answer positions (:mod:`.losses`);
 * fused AdamW, gradient accumulation, linear warm-up then cosine decay;
 * one process, no dataloader workers (a second process on 2 cores slows a step several-fold).
@@ -39,7 +40,7 @@ from genrec.errors import InputError
 from genrec.exported import ExportedModel
 from genrec.io import atomic_write_json
 from genrec.metrics import evaluate_rankings
-from genrec.precision import autocast, use_bf16
+from genrec.precision import autocast, compute_device, use_bf16
 from genrec.prompts import IGNORE_INDEX, Example, PromptFormatter
 from genrec.recommender import ranked_indices
 from genrec.runs import RunFolder
@@ -49,7 +50,7 @@ from genrec.tokenization.trie import ItemTrie
 from genrec.training.checkpoint import CheckpointStore, TrainState, trainable_state
 from genrec.training.distributed import broadcast, dist_info
 from genrec.training.examples import training_examples
-from genrec.training.losses import answer_loss, collate, lr_lambda
+from genrec.training.losses import answer_loss, collate, lr_lambda, to_device
 from genrec.training.setup import build_model, category_strings
 
 logger = logging.getLogger(__name__)
@@ -146,12 +147,13 @@ class Trainer:
         if self.tcfg.num_threads:
             torch.set_num_threads(self.tcfg.num_threads)  # process-wide: a training process does only this
         torch.manual_seed(self.cfg.seed)
-        self.bf16 = use_bf16(self.tcfg.bf16)
+        self.device = self.training_device()
+        self.bf16 = use_bf16(self.tcfg.bf16, self.device)
         item_vectors = None
         if self.item_vector_folder is not None:
             from genrec.models.sasrec import SASRecRecommender
 
-            sasrec = SASRecRecommender.load(self.item_vector_folder)
+            sasrec = SASRecRecommender.load(self.item_vector_folder, device="cpu")  # only its table is read
             item_vectors = sasrec.item_table()
             if len(item_vectors) != len(self.catalog):
                 raise InputError(
@@ -161,7 +163,10 @@ class Trainer:
                 )
             logger.info("item tokens: frozen rows from the SASRec item table in %s", self.item_vector_folder)
         self.tokenizer, self.model, self.code_ids = build_model(self.cfg, self.catalog, item_vectors)
-        self.code_id_tensor = torch.tensor(sorted(self.code_ids), dtype=torch.long)  # build_model's code rows
+        if self.tcfg.finetune != "qlora":  # a 4-bit model is placed by its loader (device_map)
+            self.model.to(self.device)
+        code_ids = torch.tensor(sorted(self.code_ids), dtype=torch.long)  # build_model's code rows
+        self.code_id_tensor = code_ids.to(self.device)
         self.formatter = PromptFormatter(
             self.tokenizer,
             self.catalog,
@@ -200,9 +205,10 @@ class Trainer:
                 folders,
                 self.catalog,
                 self.tokenizer,
-                self.code_id_tensor,
+                code_ids,
                 self.tcfg.distill_temperature,
                 self.tcfg.distill_mask_seen,
+                device=self.device,
             )
         self.steps_per_epoch = math.ceil(len(self.examples) / self.tcfg.batch_size / self.tcfg.grad_accum)
         self.total_steps = self.tcfg.max_steps or max(1, int(round(self.steps_per_epoch * self.tcfg.epochs)))
@@ -212,8 +218,16 @@ class Trainer:
         self.forward_model = self.model
         if self.world > 1:
             # batch_size is the global batch: each rank takes every world-th example of it, DDP averages
-            self.forward_model = torch.nn.parallel.DistributedDataParallel(self.model)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self._orders: dict[int, list[int]] = {}
+
+    def training_device(self) -> torch.device:
+        """``train.device`` (under torchrun, each process takes the GPU of its local rank)."""
+        import os
+
+        local_rank = int(os.environ.get("LOCAL_RANK", "0")) if self.world > 1 else None
+        return compute_device(self.tcfg.device, local_rank)
 
     def _teacher_folder(self) -> Path | None:
         """The SASRec to distill from: train.distill_from, else the one that cut the semantic IDs."""
@@ -335,8 +349,8 @@ class Trainer:
         return self.teacher.targets(items, slots)
 
     def batch(self, examples: list[Example]) -> dict:
-        """A collated batch, with the teacher's targets when distilling."""
-        batch = collate(examples, self.pad_id, self.tcfg.max_seq_len)
+        """A collated batch on the training device, with the teacher's targets when distilling."""
+        batch = to_device(collate(examples, self.pad_id, self.tcfg.max_seq_len), self.device)
         if self.teacher is not None:
             batch["distill"] = self.distill_targets(examples, batch["input_ids"].shape[1])
         return batch
@@ -351,7 +365,7 @@ class Trainer:
         loss_sum, tokens, n_examples, transitions = 0.0, 0, 0, 0
         for micro in range(self.tcfg.grad_accum):
             batch = self.batch(self.batch_for(state.step, micro))
-            with autocast(self.bf16):
+            with autocast(self.bf16, self.device):
                 loss = (
                     answer_loss(
                         self.forward_model, batch, self.code_id_tensor, self.tcfg.history_loss, self.tcfg.distill_weight
@@ -374,7 +388,7 @@ class Trainer:
         self.model.eval()
         rec = GenerativeRecommender(self.model, self.formatter, self.trie)
         ecfg = self.cfg.eval
-        with autocast(self.bf16 and ecfg.bf16):
+        with autocast(self.bf16 and ecfg.bf16, self.device):
             ranked = rec.recommend(
                 [h for h, _ in self.valid], k=ecfg.top_k, num_beams=ecfg.num_beams, batch_size=ecfg.batch_size
             )
@@ -480,7 +494,8 @@ class Trainer:
     def _finish(self, state: TrainState) -> None:
         if self.world > 1:
             # each rank records a digest of its weights: they must agree
-            digest = hashlib.sha256(b"".join(t.float().numpy().tobytes() for t in trainable_state(self.model).values()))
+            weights = trainable_state(self.model).values()
+            digest = hashlib.sha256(b"".join(t.float().cpu().numpy().tobytes() for t in weights))
             (self.dir / f"weights.rank{self.rank}.sha256").write_text(digest.hexdigest() + "\n")
             torch.distributed.barrier()
         if self.rank == 0:
@@ -518,4 +533,5 @@ class Trainer:
             "base_model": self.cfg.model.name,
             "finetune": self.tcfg.finetune,
             "bf16": self.bf16,
+            "device": self.device.type,
         }
