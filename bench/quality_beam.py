@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     _, histories, targets = data.split_rows("test", args.users, args.seed)
     for beams in args.beams:
         t = time.perf_counter()
-        with autocast(True):
+        with autocast(True, model.device):
             recs = model.recommend(histories, k=10, num_beams=beams, batch_size=args.batch_size)
         m = evaluate_rankings(ranked_indices(recs), targets, len(model.catalog))
         print(

@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from genrec.config import load_config
 from genrec.precision import autocast
-from genrec.training.losses import answer_loss, collate
+from genrec.training.losses import answer_loss, collate, to_device
 from genrec.training.trainer import Trainer
 
 
@@ -54,8 +54,8 @@ def bench(config: str, run: str, overrides: list[str], steps: int, batch: int) -
     pad = trainer.pad_id
 
     def one(step: int):
-        batch_ = collate(trainer.batch_for(step, 0), pad, cfg.train.max_seq_len)
-        with autocast(cfg.train.bf16):
+        batch_ = to_device(collate(trainer.batch_for(step, 0), pad, cfg.train.max_seq_len), trainer.device)
+        with autocast(trainer.bf16, trainer.device):
             loss = answer_loss(model, batch_)
         loss.backward()
         trainer.optimizer.step()
