@@ -359,8 +359,8 @@ class TrainConfig(_Section):
         "Batch examples of similar length: each run of 50 shuffled batches is sorted by length "
         "and cut into batches again, whose order is shuffled. Left padding to the longest row "
         "of a batch then costs little: on Beauty's windows half of a batch was padding, and a "
-        "step took less than half the time at the same quality per step (docs/training.md). "
-        "False: batches of shuffled examples.",
+        "step takes less than half the time; at equal steps on one machine it tied shuffled "
+        "batches (docs/training.md). False: batches of shuffled examples.",
     )
     distill_from: Optional[str] = _f(
         None,

@@ -182,7 +182,7 @@ def test_history_loss_is_code_only_cross_entropy(demo_run, smollm2_dir):
 def test_length_grouped_batches_cover_the_epoch_with_little_padding(demo_run, tmp_path):
     run = copy_prepared(demo_run, tmp_path / "run")
     plain = Trainer(_cfg(run, "train.next_item_examples=windows", "train.group_by_length=false"), progress=False)
-    grouped = Trainer(_cfg(run, "train.next_item_examples=windows"), progress=False)  # the default
+    grouped = Trainer(_cfg(run, "train.next_item_examples=windows", "train.group_by_length=true"), progress=False)
     plain.setup()
     grouped.setup()
     n, bs = len(grouped.examples), grouped.tcfg.batch_size
