@@ -35,19 +35,28 @@ def prefer_bf16(bf16_seconds: float, fp32_seconds: float, limit: float = SLOWDOW
     return bf16_seconds <= limit * fp32_seconds
 
 
-def _matmul_seconds(dtype: torch.dtype, n: int, reps: int) -> float:
+def _matmul_seconds(dtype: torch.dtype, n: int) -> float:
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    a @ b  # warm-up: first calls pick kernels
     t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return (time.perf_counter() - t) / reps
+    a @ b
+    return time.perf_counter() - t
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_bf16_is_fast(n: int = 256, reps: int = 3) -> bool:
-    """Time an n^3 matmul in bf16 and fp32 on this CPU (~0.1 s where bf16 is emulated); cached per process."""
-    return prefer_bf16(_matmul_seconds(torch.bfloat16, n, reps), _matmul_seconds(torch.float32, n, reps))
+def cpu_bf16_is_fast(n: int = 256, trials: int = 5) -> bool:
+    """Time an n^3 matmul in bf16 and fp32 on this CPU (~0.2 s where bf16 is emulated); cached per process.
+
+    Each precision keeps its fastest of ``trials`` runs, taken in turns: on a busy machine one
+    run can be preempted for longer than the matmul itself, and a single timing then decides
+    the wrong way (fp32 on a native-bf16 CPU, or emulated bf16 at 10-50x the cost).
+    """
+    for dtype in (torch.bfloat16, torch.float32):
+        _matmul_seconds(dtype, n)  # warm-up: first calls pick kernels
+    bf16, fp32 = float("inf"), float("inf")
+    for _ in range(trials):
+        bf16 = min(bf16, _matmul_seconds(torch.bfloat16, n))
+        fp32 = min(fp32, _matmul_seconds(torch.float32, n))
+    return prefer_bf16(bf16, fp32)
 
 
 #: What a config's ``device`` field may say.

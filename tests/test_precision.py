@@ -32,14 +32,17 @@ def test_bf16_is_kept_only_when_it_is_not_much_slower():
 
 def test_probe_agrees_with_a_larger_matmul():
     # the cached probe times a 256^3 matmul; a 512^3 one must tell the same story unless the
-    # two precisions are too close to call (then there is nothing to check here)
+    # two precisions are too close to call (then there is nothing to check here). Fastest of
+    # five, as the probe does, so that a busy machine does not decide it.
     def seconds(dtype):
         a, b = torch.randn(512, 512).to(dtype), torch.randn(512, 512).to(dtype)
         a @ b
-        t = time.perf_counter()
-        for _ in range(3):
+        best = float("inf")
+        for _ in range(5):
+            t = time.perf_counter()
             a @ b
-        return time.perf_counter() - t
+            best = min(best, time.perf_counter() - t)
+        return best
 
     ratio = seconds(torch.bfloat16) / seconds(torch.float32)
     if 1.0 < ratio < 4.0:
