@@ -581,6 +581,7 @@ class EngineConfig(_Section):
     enforce_eager: bool = _f(True, "Skip torch.compile: the engine starts several times faster on CPU.")
     max_num_seqs: int = _f(256, "Requests the engine batches together per step (beams x users).", ge=1)
     seed: int = _f(0, "Engine seed (sampling only; beam search is deterministic).")
+    device: str = _device_field("the HF backend of `genrec serve` decodes (vLLM places its own model)")
 
     def context_length(self, model_dir: str | Path) -> int:
         """``max_model_len`` capped at what the model was built for."""

@@ -9,6 +9,7 @@ and its teacher and its decoding agree with the CPU's.
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,35 @@ def test_the_teacher_gives_the_same_targets_on_the_gpu(gpu_run):
     assert gpu[2].is_cuda and not cpu[2].is_cuda and len(cpu[0]) > 0
     for a, b in zip(gpu, cpu):
         torch.testing.assert_close(a.cpu(), b, atol=1e-5, rtol=1e-4)
+
+
+@needs_gpu
+def test_the_hf_server_decodes_on_the_gpu_and_ranks_as_the_cpu(gpu_run, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from genrec.config import EngineConfig, ServeConfig
+    from genrec.serving.app import create_app
+    from genrec.serving.engine import HFEngine
+    from genrec.serving.handlers import ServerSettings
+    from genrec.training.trainer import Trainer
+
+    run = tmp_path / "run"
+    shutil.copytree(gpu_run, run)
+    Trainer(load_config(DEMO, [f"run_dir={run}", *SMALL]), progress=False).train()  # to step 30, exported
+    ask = {"history": ["0468569", "0120338"], "k": 10}
+    ranked = {}
+    for device in ("cuda", "cpu"):
+        engine = HFEngine(run / "model", EngineConfig(device=device), run / "serve")
+        app = create_app(engine, ServerSettings("demo", run, None, 20, limits=ServeConfig()))
+        with TestClient(app) as client:
+            deadline = time.time() + 120
+            while client.get("/health").status_code != 200:
+                assert time.time() < deadline, "the engine did not get ready"
+                time.sleep(0.05)
+            assert next(engine.model.parameters()).device.type == device
+            r = client.post("/v1/recommendations", json=ask)
+            assert r.status_code == 200, r.text
+            ranked[device] = [i["item_id"] for i in r.json()["items"]]
+    assert len(ranked["cuda"]) == 10
+    # the same fp32 weights: only near-tied items may swap places
+    assert len(set(ranked["cuda"]) & set(ranked["cpu"])) >= 8

@@ -584,8 +584,11 @@ class HFEngine(VersionedCatalog):
         """Load the weights, the way every HF decoder loads an exported folder."""
         import torch
 
+        from genrec.precision import compute_device
+
         # the catalog and tokenizer are already loaded (_load_catalog): only the weights are missing
         model = ExportedModel.load_weights(self.model_dir, dtype=getattr(torch, self.settings.dtype))
+        model.to(compute_device(self.settings.device))
         with self._life_lock:
             if not self._stopped:
                 self.model = model
