@@ -6,6 +6,7 @@ the run folder, and turns input errors into one line on stderr with exit code 2.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -201,17 +202,18 @@ def recommend(
     if backend == "vllm":
         from genrec.decoding.vllm_backend import VllmRecommender
 
-        rec = VllmRecommender(run / "model", _run_config(run).engine)
-        ranked = rec.recommend(
-            histories, k=k, num_beams=num_beams, exclude=exclude, batch_size=batch_size, progress=True
-        )
-        rec.close()
+        rec, precision = VllmRecommender(run / "model", _run_config(run).engine), contextlib.nullcontext()
     else:
         rec = GenerativeRecommender.from_folder(run / "model", device=ecfg.device)
-        with autocast(not fp32, rec.device):
+        precision = autocast(not fp32, rec.device)
+    try:
+        with precision:  # both backends rank through the one Recommender interface
             ranked = rec.recommend(
                 histories, k=k, num_beams=num_beams, exclude=exclude, batch_size=batch_size, progress=True
             )
+    finally:
+        if backend == "vllm":
+            rec.close()
     out = output or run / f"recommendations_{split}.jsonl"
     with atomic_open(out) as f:
         for u, row in zip(user_ids, ranked):

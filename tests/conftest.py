@@ -92,14 +92,18 @@ TINY_TRAINED = [
 
 @pytest.fixture(scope="session")
 def trained_demo_run(demo_run, tmp_path_factory) -> Path:
-    """RUN with an exported model (RUN/model) trained for 150 steps; read-only for tests: copy it."""
+    """RUN with an exported model (RUN/model) trained for 150 steps; read-only for tests: copy it.
+
+    RUN/train/state.json holds the training state, its last validation included.
+    """
     from genrec.config import load_config
     from genrec.training.trainer import Trainer
 
     import torch
 
     run = copy_prepared(demo_run, tmp_path_factory.mktemp("trained") / "run")
-    cfg = load_config(TRAIN_BASE, [f"run_dir={run}", *TINY_TRAINED])
+    # the validation after the last step scores 200 users: enough to tell learning from chance
+    cfg = load_config(TRAIN_BASE, [f"run_dir={run}", *TINY_TRAINED, "train.eval_users=200"])
     # one thread: a tiny model gains nothing from two, and two OpenMP threads on a busy
     # 2-core machine run many times slower than one
     threads = torch.get_num_threads()

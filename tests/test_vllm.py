@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
 from genrec.data import PreparedDataset
@@ -30,45 +26,26 @@ def hf(trained_demo_run):
     return GenerativeRecommender.from_folder(trained_demo_run / "model")
 
 
+@pytest.fixture(scope="module")
+def vllm_rec(trained_demo_run):
+    """One vLLM engine on the trained model for every test here (`genrec recommend --backend vllm`'s recommender)."""
+    from genrec.decoding.vllm_backend import VllmRecommender
+
+    rec = VllmRecommender(trained_demo_run / "model")
+    yield rec
+    rec.close()
+
+
 @pytest.mark.slow
-def test_cli_vllm_backend_ranks_like_hf(trained_demo_run, hf, tmp_path):
-    """`genrec recommend --backend vllm` returns the HF backend's top-10 (fp32, seen items excluded)."""
-    run = trained_demo_run
-    user_ids, histories, _ = split_rows(PreparedDataset.load(run / "data"), "test")
-    users, hist = user_ids[:12], histories[:12]
-    (tmp_path / "users.txt").write_text("\n".join(users) + "\n")
-    out = tmp_path / "vllm.jsonl"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "genrec.cli",
-            "recommend",
-            str(run),
-            "--backend",
-            "vllm",
-            "--users",
-            str(tmp_path / "users.txt"),
-            "-k",
-            "10",
-            "--num-beams",
-            "10",
-            "--exclude-seen",
-            "-o",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    lines = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [x["user_id"] for x in lines] == users
+def test_vllm_backend_ranks_like_hf(trained_demo_run, hf, vllm_rec):
+    """The vLLM recommender returns the HF backend's top-10 (fp32, seen items excluded)."""
+    _, histories, _ = split_rows(PreparedDataset.load(trained_demo_run / "data"), "test")
+    hist = histories[:12]
+    ranked = vllm_rec.recommend(hist, k=10, num_beams=10, exclude=hist)
     # vLLM's log-probabilities are normalised over the whole vocabulary
     ref = hf.recommend(hist, k=10, num_beams=10, exclude=hist, softmax="vocabulary")
-    cat = hf.catalog
-    for line, want, h in zip(lines, ref, hist):
-        got = [(cat.index(i["item_id"]), i["score"]) for i in line["items"]]
+    for row, want, h in zip(ranked, ref, hist):
+        got = [(r.index, r.score) for r in row]
         assert len(got) == 10 and len({i for i, _ in got}) == 10
         assert not {i for i, _ in got} & set(h), "a seen item came back"
         exact = [i for i, _ in got] == [r.index for r in want]
@@ -77,50 +54,45 @@ def test_cli_vllm_backend_ranks_like_hf(trained_demo_run, hf, tmp_path):
 
 
 @pytest.mark.slow
-def test_processor_keeps_greedy_sampling_and_lists_on_the_trie(trained_demo_run, hf):
+def test_processor_keeps_greedy_sampling_and_lists_on_the_trie(trained_demo_run, vllm_rec):
     """One engine: greedy and sampled generations spell catalog items; allow-lists hold inside decoding."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from genrec.decoding.vllm_backend import VllmRecommender
-
-    rec = VllmRecommender(trained_demo_run / "model")
-    try:
-        trie = ItemTrie.load(trained_demo_run / "model")
-        prompt = rec.formatter.next_item_prompt([0, 5, 9])
-        eos = rec.formatter.tokenizer.eos_token_id
-        greedy = (
-            rec.llm.generate(
-                [TokensPrompt(prompt_token_ids=prompt)],
-                SamplingParams(max_tokens=8, temperature=0.0, extra_args={"genrec": {}}),
-                use_tqdm=False,
-            )[0]
-            .outputs[0]
-            .token_ids
-        )
-        assert trie.item_of(list(greedy[: trie.depth])) is not None and list(greedy[trie.depth :]) == [eos]
-        # greedy decoding is a beam search of width 1
-        top = rec.rank([prompt], k=1, num_beams=1)[0][0][0]
-        assert trie.item_of(list(greedy[: trie.depth])) == top
-        sampled = rec.llm.generate(
+    rec = vllm_rec
+    trie = ItemTrie.load(trained_demo_run / "model")
+    prompt = rec.formatter.next_item_prompt([0, 5, 9])
+    eos = rec.formatter.tokenizer.eos_token_id
+    greedy = (
+        rec.llm.generate(
             [TokensPrompt(prompt_token_ids=prompt)],
-            SamplingParams(max_tokens=8, temperature=1.5, n=12, seed=1, extra_args={"genrec": {}}),
+            SamplingParams(max_tokens=8, temperature=0.0, extra_args={"genrec": {}}),
             use_tqdm=False,
-        )[0].outputs
-        items = [trie.item_of(list(o.token_ids[: trie.depth])) for o in sampled]
-        assert None not in items and len(set(items)) > 1
-        # an allow-list of 7 items: exactly those come back, ranked; an exclusion removes the top one
-        allow = [3, 50, 100, 700, 1200, 1800, 2400]
-        ranked = rec.rank([prompt], k=7, num_beams=7, allow=[allow])[0]
-        assert sorted(i for i, _ in ranked) == allow
-        assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
-        without_top = rec.rank([prompt], k=6, num_beams=7, allow=[allow], exclude=[[ranked[0][0]]])[0]
-        assert [i for i, _ in without_top] == [i for i, _ in ranked[1:]]
-        # asking for more items than the list holds gives fewer, never -inf padding or partial IDs
-        few = rec.rank([prompt], k=10, num_beams=10, allow=[allow[:3]])[0]
-        assert sorted(i for i, _ in few) == allow[:3]
-    finally:
-        rec.close()
+        )[0]
+        .outputs[0]
+        .token_ids
+    )
+    assert trie.item_of(list(greedy[: trie.depth])) is not None and list(greedy[trie.depth :]) == [eos]
+    # greedy decoding is a beam search of width 1
+    top = rec.rank([prompt], k=1, num_beams=1)[0][0][0]
+    assert trie.item_of(list(greedy[: trie.depth])) == top
+    sampled = rec.llm.generate(
+        [TokensPrompt(prompt_token_ids=prompt)],
+        SamplingParams(max_tokens=8, temperature=1.5, n=12, seed=1, extra_args={"genrec": {}}),
+        use_tqdm=False,
+    )[0].outputs
+    items = [trie.item_of(list(o.token_ids[: trie.depth])) for o in sampled]
+    assert None not in items and len(set(items)) > 1
+    # an allow-list of 7 items: exactly those come back, ranked; an exclusion removes the top one
+    allow = [3, 50, 100, 700, 1200, 1800, 2400]
+    ranked = rec.rank([prompt], k=7, num_beams=7, allow=[allow])[0]
+    assert sorted(i for i, _ in ranked) == allow
+    assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
+    without_top = rec.rank([prompt], k=6, num_beams=7, allow=[allow], exclude=[[ranked[0][0]]])[0]
+    assert [i for i, _ in without_top] == [i for i, _ in ranked[1:]]
+    # asking for more items than the list holds gives fewer, never -inf padding or partial IDs
+    few = rec.rank([prompt], k=10, num_beams=10, allow=[allow[:3]])[0]
+    assert sorted(i for i, _ in few) == allow[:3]
 
 
 def test_processor_is_installed_as_a_vllm_entry_point(trained_demo_run):
