@@ -202,11 +202,18 @@ def compute_floor(run: Path, bodies: list[dict]) -> float:
 
 
 def _cpu() -> str:
-    """The CPU model and core count, as lscpu names them."""
+    """The CPU model, its bf16 support and core count, as lscpu names them.
+
+    Machines that lscpu names alike ("AMD EPYC", family 25) differ in whether they run bf16
+    natively, which decides genrec's precision and its speed, so the row says which it was.
+    """
     info = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
     name = fields.get("Model name", "?").strip()
-    return f"{name} (family {fields.get('CPU family', '?').strip()}), {fields.get('CPU(s)', '?').strip()} cores"
+    flags = set(fields.get("Flags", "").split())
+    bf16 = "AMX bf16" if "amx_bf16" in flags else "AVX512-BF16" if "avx512_bf16" in flags else "no native bf16"
+    family, model = fields.get("CPU family", "?").strip(), fields.get("Model", "?").strip()
+    return f"{name} (family {family} model {model}, {bf16}), {fields.get('CPU(s)', '?').strip()} cores"
 
 
 def _record() -> dict:
