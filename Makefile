@@ -41,8 +41,12 @@ demo: install
 demo-smollm2: install
 	$(VENV)/bin/genrec demo configs/demo-smollm2.yaml
 
+# two workers of one thread each: the suite is bound to one core otherwise (user time = wall
+# time), and two OpenMP threads per process on two cores would contend. loadscope keeps each
+# module on one worker, so a module's server or engine starts once.
+TEST_WORKERS ?= 2
 test: install
-	$(VPY) -m pytest -q --durations=15 tests
+	OMP_NUM_THREADS=1 $(VPY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=15 tests
 
 lint: install
 	$(VENV)/bin/ruff check genrec tests bench tools

@@ -32,10 +32,19 @@ def shared_dataset(name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
-    """SmolLM2-135M-Instruct as a plain HF folder, converted from the packaged GGUF once."""
+    """SmolLM2-135M-Instruct as a plain HF folder, converted from the packaged GGUF once.
+
+    `make test` runs two pytest workers: the first converts, the other waits on the lock and
+    finds the folder, instead of swapping in its own copy while the first reads it.
+    """
+    from filelock import FileLock
+
     from genrec.models.base_lm import prepare_smollm2
 
-    return prepare_smollm2(REPO / ".cache" / "models")
+    cache = REPO / ".cache" / "models"
+    cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache / "smollm2.lock")):
+        return prepare_smollm2(cache)
 
 
 @pytest.fixture(scope="session")
