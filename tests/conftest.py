@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,12 @@ def copy_run(src: Path, dst: Path) -> Path:
 
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("train"))
     return dst
+
+
+def wait_ready(client, timeout: float = 120) -> None:
+    """The engine of an app under FastAPI's TestClient loads in the background: wait until /health says ready."""
+    deadline = time.time() + timeout
+    while (r := client.get("/health")).status_code != 200:
+        assert r.status_code == 503 and r.json()["status"] == "starting", r.text
+        assert time.time() < deadline, "the engine did not get ready"
+        time.sleep(0.05)

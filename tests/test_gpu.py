@@ -9,11 +9,11 @@ and its teacher and its decoding agree with the CPU's.
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import wait_ready
 
 from genrec.config import load_config
 from genrec.errors import InputError
@@ -137,10 +137,7 @@ def test_the_hf_server_decodes_on_the_gpu_and_ranks_as_the_cpu(gpu_run, tmp_path
         engine = HFEngine(run / "model", EngineConfig(device=device), run / "serve")
         app = create_app(engine, ServerSettings("demo", run, None, 20, limits=ServeConfig()))
         with TestClient(app) as client:
-            deadline = time.time() + 120
-            while client.get("/health").status_code != 200:
-                assert time.time() < deadline, "the engine did not get ready"
-                time.sleep(0.05)
+            wait_ready(client)
             assert next(engine.model.parameters()).device.type == device
             r = client.post("/v1/recommendations", json=ask)
             assert r.status_code == 200, r.text

@@ -15,11 +15,10 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import copy_run
+from conftest import copy_run, wait_ready
 from fastapi.testclient import TestClient
 
 from genrec.config import EngineConfig, ServeConfig
@@ -38,15 +37,6 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 def _app(path: Path, api_key: str | None = KEY, **limits):
     config = ServeConfig(model_name="demo", api_key=api_key, **limits)
     return build_app(path, config, EngineConfig(max_beams=30), backend="hf")
-
-
-def wait_ready(client: TestClient, timeout: float = 120) -> None:
-    """The engine loads in the background once the app starts: wait until /health says ready."""
-    deadline = time.time() + timeout
-    while (r := client.get("/health")).status_code != 200:
-        assert r.status_code == 503 and r.json()["status"] == "starting", r.text
-        assert time.time() < deadline, "the engine did not get ready"
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
