@@ -124,7 +124,14 @@ def run(dataset: str, seeds: list[int], tag: str = "", overrides: tuple[str, ...
             if not (rd / "eval" / name).is_file():
                 _genrec(log, "evaluate", rel, flag, *sample)
             teacher = rd / "tokenize" / "collab_sasrec"
-            if tag:  # the teacher and popularity are the recipe's, scored in its own run
+            if tag:  # the teacher and popularity are the recipe's, scored in its own run ...
+                members = _ensemble_members(rd)  # ... unless the variant's teacher is an ensemble
+                suffix = "_xseen" if exclude else ""
+                if members and not (rd / "teachers" / f"metrics_test_all{suffix}.json").is_file():
+                    args = ["bench/quality_jobs.py", "sasrec-eval", rel, str(teacher.relative_to(ROOT))]
+                    args += ["--members", *(str(m.relative_to(ROOT)) for m in members)]
+                    args += ["--out", str((rd / "teachers").relative_to(ROOT)), *(["--exclude-seen"] * exclude)]
+                    _call(args, log, "python " + " ".join(args))
                 continue
             if not (teacher / f"metrics_test_all{'_xseen' if exclude else ''}.json").is_file():
                 extra = ["--exclude-seen"] if exclude else []
@@ -135,6 +142,11 @@ def run(dataset: str, seeds: list[int], tag: str = "", overrides: tuple[str, ...
                 )
             if not (rd / "baselines" / "popularity" / f"metrics_test{'_xseen' if exclude else ''}.json").is_file():
                 _genrec(log, "baseline", "popularity", CONFIG, *sets, flag)
+
+
+def _ensemble_members(rd: Path) -> list[Path]:
+    """The SASRec fits `genrec train` added to the run's teacher (train.teacher_seeds > 1)."""
+    return sorted((rd / "teachers").glob("sasrec-seed*"))
 
 
 BAR_EPOCHS = 200
@@ -247,8 +259,9 @@ def collect(
     name, data_overrides = DATASETS[dataset]
     overrides = (data_overrides if overrides is None else overrides) + list(sets)
     described = CONFIG + (" with " + " ".join(overrides) if overrides else "") + " (seed, sasrec.seed = S)"
-    if tag:
-        systems = ("genrec",)
+    members = _ensemble_members(_run_dir(dataset, seeds[0], tag)) if tag else []
+    if tag:  # a variant's rows: its genrec, and its teacher when that is an ensemble of its own
+        systems = ("genrec", "teacher") if members else ("genrec",)
     variant = f" --tag {tag} --set {' '.join(sets)}" if tag else ""
     rows = []
     for who in systems:
@@ -264,9 +277,10 @@ def collect(
                     info = json.loads((rd / "manifest.json").read_text())["stages"]
                     model = info["model"]
                     train = json.loads((rd / "train" / "checkpoint" / "state.json").read_text())
-                    teacher = json.loads((rd / "tokenize" / "collab_sasrec" / "sasrec.json").read_text())
-                    # the recipe's cost is its teacher's fit and its own training
-                    minutes.append(round(train["minutes"] + teacher["train_seconds"] / 60, 1))
+                    fits = [rd / "tokenize" / "collab_sasrec", *_ensemble_members(rd)]
+                    fit_seconds = sum(json.loads((f / "sasrec.json").read_text())["train_seconds"] for f in fits)
+                    # the recipe's cost is its teacher's fits and its own training
+                    minutes.append(round(train["minutes"] + fit_seconds / 60, 1))
                     notes.append(
                         json.dumps(
                             {
@@ -279,6 +293,17 @@ def collect(
                                 "decode_seconds_per_user": e["genrec"].get("seconds_per_user"),
                             }
                         )
+                    )
+                elif who == "teacher" and members:
+                    fits = [rd / "tokenize" / "collab_sasrec", *_ensemble_members(rd)]
+                    suffix = "_xseen" if exclude else ""
+                    evals.append(json.loads((rd / "teachers" / f"metrics_test_all{suffix}.json").read_text()))
+                    metas = [json.loads((f / "sasrec.json").read_text()) for f in fits]
+                    minutes.append(round(sum(m["train_seconds"] for m in metas) / 60, 1))
+                    notes.append(
+                        f"seed {seed}: members' best epochs "
+                        + ", ".join(f"{m['best_epoch']} of {m['epochs_run']}" for m in metas)
+                        + f" (cap {metas[0]['config']['epochs']}, patience {metas[0]['config']['patience']})"
                     )
                 elif who in ("teacher", "bar"):
                     folder = rd / "tokenize" / "collab_sasrec" if who == "teacher" else _bar_folder(dataset, seed)
@@ -303,7 +328,9 @@ def collect(
             sample = evals[0].get("sample", "all")  # genrec's may be sampled; the baselines score everyone
             system = {
                 "genrec": recipe,
-                "teacher": "SASRec-CE, the recipe's teacher (fitted inside genrec tokenize)",
+                "teacher": f"SASRec-CE, ensemble of {len(members) + 1} seeds (the teacher of {recipe})"
+                if members
+                else "SASRec-CE, the recipe's teacher (fitted inside genrec tokenize)",
                 "bar": f"SASRec-CE, converged (early stopping, {BAR_EPOCHS}-epoch cap)",
                 "popularity": "popularity",
             }[who]
@@ -351,11 +378,13 @@ def collect(
                     ),
                     "notes": (
                         [
-                            "minutes: tokenize's SASRec teacher fit + genrec train's clock (not data preparation, "
-                            "the k-means cut or evaluation).",
+                            "minutes: the SASRec teacher fits (tokenize's, and train's for an ensemble) + genrec "
+                            "train's clock (not data preparation, the k-means cut or evaluation).",
                             *([note] if note else []),
                         ]
                         if who == "genrec"
+                        else ["minutes: the SASRec fits."]
+                        if members and who == "teacher"
                         else ["minutes: the SASRec fit."]
                         if who in ("teacher", "bar")
                         else []
