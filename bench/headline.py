@@ -328,7 +328,7 @@ def collect(
             sample = evals[0].get("sample", "all")  # genrec's may be sampled; the baselines score everyone
             system = {
                 "genrec": recipe,
-                "teacher": f"SASRec-CE, ensemble of {len(members) + 1} seeds (the teacher of {recipe})"
+                "teacher": f"SASRec-CE, ensemble of {len(members) + 1} seeds (the teacher of the {tag} variant)"
                 if members
                 else "SASRec-CE, the recipe's teacher (fitted inside genrec tokenize)",
                 "bar": f"SASRec-CE, converged (early stopping, {BAR_EPOCHS}-epoch cap)",
