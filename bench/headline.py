@@ -51,6 +51,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import load_rows, mean_sd, merge_rows  # noqa: E402
 from serving import _cpu  # noqa: E402
+from teacher_ablation import _fit_minutes, _score_teachers, _teacher_folders  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "results.jsonl"
@@ -119,19 +120,14 @@ def run(dataset: str, seeds: list[int], tag: str = "", overrides: tuple[str, ...
             _genrec(log, "tokenize", CONFIG, *sets)
         if not (rd / "model").is_dir():
             _genrec(log, "train", CONFIG, *sets)
+        if tag and len(_teacher_folders(rd)) > 1:  # a variant's own teacher, an ensemble: RUN/eval/teacher
+            _score_teachers(rd)
         for name, _, exclude in PROTOCOLS:
             flag = "--exclude-seen" if exclude else "--no-exclude-seen"
             if not (rd / "eval" / name).is_file():
                 _genrec(log, "evaluate", rel, flag, *sample)
             teacher = rd / "tokenize" / "collab_sasrec"
-            if tag:  # the teacher and popularity are the recipe's, scored in its own run ...
-                members = _ensemble_members(rd)  # ... unless the variant's teacher is an ensemble
-                suffix = "_xseen" if exclude else ""
-                if members and not (rd / "teachers" / f"metrics_test_all{suffix}.json").is_file():
-                    args = ["bench/quality_jobs.py", "sasrec-eval", rel, str(teacher.relative_to(ROOT))]
-                    args += ["--members", *(str(m.relative_to(ROOT)) for m in members)]
-                    args += ["--out", str((rd / "teachers").relative_to(ROOT)), *(["--exclude-seen"] * exclude)]
-                    _call(args, log, "python " + " ".join(args))
+            if tag:  # the teacher and popularity are the recipe's, scored in its own run
                 continue
             if not (teacher / f"metrics_test_all{'_xseen' if exclude else ''}.json").is_file():
                 extra = ["--exclude-seen"] if exclude else []
@@ -142,11 +138,6 @@ def run(dataset: str, seeds: list[int], tag: str = "", overrides: tuple[str, ...
                 )
             if not (rd / "baselines" / "popularity" / f"metrics_test{'_xseen' if exclude else ''}.json").is_file():
                 _genrec(log, "baseline", "popularity", CONFIG, *sets, flag)
-
-
-def _ensemble_members(rd: Path) -> list[Path]:
-    """The SASRec fits `genrec train` added to the run's teacher (train.teacher_seeds > 1)."""
-    return sorted((rd / "teachers").glob("sasrec-seed*"))
 
 
 BAR_EPOCHS = 200
@@ -259,9 +250,9 @@ def collect(
     name, data_overrides = DATASETS[dataset]
     overrides = (data_overrides if overrides is None else overrides) + list(sets)
     described = CONFIG + (" with " + " ".join(overrides) if overrides else "") + " (seed, sasrec.seed = S)"
-    members = _ensemble_members(_run_dir(dataset, seeds[0], tag)) if tag else []
+    n_teachers = len(_teacher_folders(_run_dir(dataset, seeds[0], tag))) if tag else 1
     if tag:  # a variant's rows: its genrec, and its teacher when that is an ensemble of its own
-        systems = ("genrec", "teacher") if members else ("genrec",)
+        systems = ("genrec", "teacher") if n_teachers > 1 else ("genrec",)
     variant = f" --tag {tag} --set {' '.join(sets)}" if tag else ""
     rows = []
     for who in systems:
@@ -277,10 +268,8 @@ def collect(
                     info = json.loads((rd / "manifest.json").read_text())["stages"]
                     model = info["model"]
                     train = json.loads((rd / "train" / "checkpoint" / "state.json").read_text())
-                    fits = [rd / "tokenize" / "collab_sasrec", *_ensemble_members(rd)]
-                    fit_seconds = sum(json.loads((f / "sasrec.json").read_text())["train_seconds"] for f in fits)
                     # the recipe's cost is its teacher's fits and its own training
-                    minutes.append(round(train["minutes"] + fit_seconds / 60, 1))
+                    minutes.append(round(train["minutes"] + sum(_fit_minutes(rd)), 1))
                     notes.append(
                         json.dumps(
                             {
@@ -294,12 +283,10 @@ def collect(
                             }
                         )
                     )
-                elif who == "teacher" and members:
-                    fits = [rd / "tokenize" / "collab_sasrec", *_ensemble_members(rd)]
-                    suffix = "_xseen" if exclude else ""
-                    evals.append(json.loads((rd / "teachers" / f"metrics_test_all{suffix}.json").read_text()))
-                    metas = [json.loads((f / "sasrec.json").read_text()) for f in fits]
-                    minutes.append(round(sum(m["train_seconds"] for m in metas) / 60, 1))
+                elif who == "teacher" and n_teachers > 1:
+                    evals.append(json.loads((rd / "eval" / "teacher" / file).read_text()))
+                    metas = [json.loads((f / "sasrec.json").read_text()) for f in _teacher_folders(rd)]
+                    minutes.append(round(sum(_fit_minutes(rd)), 1))
                     notes.append(
                         f"seed {seed}: members' best epochs "
                         + ", ".join(f"{m['best_epoch']} of {m['epochs_run']}" for m in metas)
@@ -328,8 +315,8 @@ def collect(
             sample = evals[0].get("sample", "all")  # genrec's may be sampled; the baselines score everyone
             system = {
                 "genrec": recipe,
-                "teacher": f"SASRec-CE, ensemble of {len(members) + 1} seeds (the teacher of the {tag} variant)"
-                if members
+                "teacher": f"SASRec-CE, ensemble of {n_teachers} seeds (the teacher of the {tag} variant)"
+                if n_teachers > 1
                 else "SASRec-CE, the recipe's teacher (fitted inside genrec tokenize)",
                 "bar": f"SASRec-CE, converged (early stopping, {BAR_EPOCHS}-epoch cap)",
                 "popularity": "popularity",
@@ -384,7 +371,7 @@ def collect(
                         ]
                         if who == "genrec"
                         else ["minutes: the SASRec fits."]
-                        if members and who == "teacher"
+                        if n_teachers > 1 and who == "teacher"
                         else ["minutes: the SASRec fit."]
                         if who in ("teacher", "bar")
                         else []

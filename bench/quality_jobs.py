@@ -14,9 +14,6 @@ What this script adds:
     python bench/quality_jobs.py copy-stages SRC_RUN DST_RUN
     # score an already trained SASRec folder (e.g. a teacher) on a user sample, either protocol
     python bench/quality_jobs.py sasrec-eval RUN SASREC_FOLDER --max-users 2000 --seed 0 [--exclude-seen]
-    # score an ensemble (train.teacher_seeds) as the student saw it: the members' mean softmax,
-    # metrics written to OUT_FOLDER
-    python bench/quality_jobs.py sasrec-eval RUN FOLDER --members FOLDER2 FOLDER3 --out OUT_FOLDER
 """
 
 from __future__ import annotations
@@ -29,7 +26,7 @@ from pathlib import Path
 from genrec.data import PreparedDataset
 from genrec.evaluation.evaluator import Evaluator
 from genrec.io import atomic_write_json
-from genrec.models.sasrec import SASRecEnsemble, SASRecRecommender
+from genrec.models.sasrec import SASRecRecommender
 
 
 def cmd_copy_stages(args: argparse.Namespace) -> None:
@@ -50,16 +47,11 @@ def cmd_sasrec_eval(args: argparse.Namespace) -> None:
     """Metrics of a saved SASRec on RUN's test split, written beside the model."""
     dataset = PreparedDataset.load(Path(args.run) / "data")
     evaluator = Evaluator(dataset, "test", args.max_users, args.seed, args.exclude_seen)
-    if args.members and not args.out:
-        raise SystemExit("an ensemble's metrics are not its first member's: give --out FOLDER with --members")
-    folders = [args.folder, *args.members]
-    model = SASRecEnsemble.load(folders) if args.members else SASRecRecommender.load(args.folder)
-    result = evaluator.evaluate(model)
+    result = evaluator.evaluate(SASRecRecommender.load(args.folder))
     name = ("all" if not args.max_users else f"u{args.max_users}_s{args.seed}") + (
         "_xseen" if args.exclude_seen else ""
     )
-    out = Path(args.out or args.folder)
-    atomic_write_json(out / f"metrics_test_{name}.json", {**result.to_dict(), "members": [str(f) for f in folders]})
+    atomic_write_json(Path(args.folder) / f"metrics_test_{name}.json", result.to_dict())
     print(json.dumps(result.metrics, indent=2))
 
 
@@ -75,8 +67,6 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--max-users", type=int, default=0, help="score this many sampled users (0: all)")
     e.add_argument("--seed", type=int, default=0, help="seed of the user sample (genrec evaluate --seed)")
     e.add_argument("--exclude-seen", action="store_true", help="the seen-items-excluded protocol")
-    e.add_argument("--members", nargs="*", default=[], help="more SASRec folders: score the ensemble of them all")
-    e.add_argument("--out", help="folder of the metrics file (default: FOLDER; give one for an ensemble)")
     args = p.parse_args(argv)
     {"copy-stages": cmd_copy_stages, "sasrec-eval": cmd_sasrec_eval}[args.cmd](args)
 
